@@ -1,0 +1,64 @@
+"""Readers of upstream datasets, one module per upstream format, all producing the same store.
+
+Every reader returns a `RawDataset`: class names plus, per subset, an iterable of (images, labels) chunks
+(uint8 N x H x W x C, int64 with -1 for unknown). `build_dataset` streams those chunks into a store, so a
+reader of a multi-GB archive never has to hold it in memory at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..params import DatasetParams
+from ..store import Store, StoreWriter
+
+Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class RawDataset:
+    class_names: list[str]
+    subsets: dict[str, Chunks]  # e.g. train, test, unlabeled, extra
+    meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # extra JSON files written beside the arrays
+
+
+# source name -> "module:function" taking DatasetParams and returning a RawDataset
+READERS: dict[str, str] = {
+    "digits": "realmix.sources.digits:load",
+    "cifar10": "realmix.sources.cifar:load_cifar10",
+    "cifar100": "realmix.sources.cifar:load_cifar100",
+    "svhn": "realmix.sources.svhn:load",
+    "stl10": "realmix.sources.stl10:load",
+    "folder": "realmix.sources.folder:load",
+}
+
+
+def reader(source: str) -> Callable[[DatasetParams], RawDataset]:
+    module, func = READERS[source].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def class_mapping(class_names: list[str]) -> dict[str, str]:
+    """The seed's class-mapping JSON form: {"0": "cat", "1": "dog", ...}."""
+    return {str(i): name for i, name in enumerate(class_names)}
+
+
+def build_dataset(p: DatasetParams, out: str | Path) -> Store:
+    """Read the configured source and write it as a store at `out` (atomically)."""
+    raw = reader(p.source)(p)
+    meta = {"source": p.source, **raw.meta}
+    with StoreWriter(out, raw.class_names, name=p.name, meta=meta) as w:
+        for subset, chunks in raw.subsets.items():
+            for images, labels in chunks:
+                w.add(subset, images, labels)
+        w.write_json("class_mapping.json", class_mapping(raw.class_names))
+        for filename, obj in raw.extras.items():
+            w.write_json(filename, obj)
+    return Store.open(out)
