@@ -319,6 +319,12 @@ class Store:
         e = self.manifest["subsets"][name]
         return Subset(self, name, int(e["count"]), list(e["shards"]), dict(e["class_counts"]))
 
+    def summary(self) -> str:
+        """One line: path, class count, image shape and the size of each subset."""
+        parts = ", ".join(f"{s} {self.manifest['subsets'][s]['count']}" for s in self.subsets)
+        shape = "x".join(map(str, self.image_shape))
+        return f"{self.path}: {self.num_classes} classes, {shape}, {parts}"
+
     def read_json(self, filename: str) -> Any:
         path = self.path / filename
         try:

@@ -1,0 +1,110 @@
+"""One function per pipeline step, shared by the DVC stage scripts and the `realmix` CLI.
+
+Each takes the validated params (plus the matrix item of its stage), derives its input/output paths
+from the conventions below and calls the core. Nothing here imports DVC.
+
+Paths (relative to the project root):
+    data/datasets/<name>/                       download: the whole dataset as a store
+    data/renamed/, data/rename_map.csv          rename: the numbered copy of a folder, old -> new names
+    data/splits/<name>.<seed>@<size>-<nvalid>/  split
+    data/splits/<mname>_mismatch<level>.<seed>@<size>-<nvalid>/   mismatch filter
+    data/splits/<prefix>_aug<copies>.<seed>@<size>-<nvalid>/     pre-augmented copy of a split
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import RealmixError
+from .params import Params
+from .splits import SplitName
+from .store import Store
+
+DATA = Path("data")
+RENAMED = DATA / "renamed"
+RENAME_MAP = DATA / "rename_map.csv"
+
+
+def dataset_dir(p: Params) -> Path:
+    return DATA / "datasets" / p.dataset.name
+
+
+def split_name(p: Params, seed: int, size: int) -> SplitName:
+    return SplitName(p.dataset.name, seed, size, p.split.nvalid)
+
+
+def mismatch_name(p: Params, seed: int, level: int) -> SplitName:
+    return SplitName(f"{p.mismatch.name}_mismatch{level}", seed, p.mismatch.size, p.split.nvalid)
+
+
+def augmented_name(source: SplitName, copies: int) -> SplitName:
+    return SplitName(f"{source.name}_aug{copies}", source.seed, source.size, source.nvalid)
+
+
+def split_dir(name: SplitName | str) -> Path:
+    return DATA / "splits" / str(name)
+
+
+# -- steps -----------------------------------------------------------------------------------------
+def download(p: Params) -> Store:
+    from .sources import build_dataset
+
+    return build_dataset(p.dataset, dataset_dir(p))
+
+
+def rename(p: Params) -> int:
+    from .rename import rename_view
+
+    return len(rename_view(p.rename.src, RENAMED, RENAME_MAP, start=p.rename.start, ext=p.rename.ext))
+
+
+def split(p: Params, seed: int, size: int) -> Store:
+    from .splits import create_split
+
+    s = p.split
+    return create_split(
+        Store.open(dataset_dir(p)), split_dir(split_name(p, seed, size)), seed=seed, size=size,
+        nvalid=s.nvalid, label_size=s.label_size, class_balance=s.class_balance,
+        allow_duplicates=s.allow_duplicates,
+    )
+
+
+def mismatch(p: Params, seed: int, level: int) -> Store:
+    from .mismatch import filter_split
+
+    m = p.mismatch
+    if level not in m.unlabelled_classes:
+        raise RealmixError(f"params: mismatch.unlabelled_classes has no entry for level {level}")
+    name = mismatch_name(p, seed, level)
+    return filter_split(
+        Store.open(split_dir(split_name(p, seed, m.size))), split_dir(name), name=str(name),
+        labelled_classes=m.labelled_classes, unlabelled_classes=m.unlabelled_classes[level],
+        remap=m.remap, level=level,
+    )
+
+
+def preaugment(p: Params, source: str, copies: int) -> Store:
+    from .preaugment import preaugment as run
+
+    a = p.preaugment
+    src = SplitName.parse(source)
+    name = augmented_name(src, copies)
+    return run(
+        Store.open(split_dir(src)), split_dir(name), copies=copies, augment=a.augment,
+        keep_originals=a.keep_originals, seed=a.seed, cutout_prob=a.cutout_prob, shard_size=a.shard_size,
+        name=str(name),
+    )
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a stage/CLI entry point: user errors become one `error:` line and exit status 2."""
+    try:
+        main()
+    except RealmixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
