@@ -126,7 +126,7 @@ def test_duplicates_across_parts_fail_unless_allowed(tmp_path):
 
 def test_stl10_folds(tmp_path):
     labels = np.tile(np.arange(10), 120)
-    ds = make_store(tmp_path / "ds", {"train": labels, "test": np.arange(10)}, k=10, source="stl10")
+    make_store(tmp_path / "ds", {"train": labels, "test": np.arange(10)}, k=10, source="stl10")
     folds = [list(range(f, 1200, 10))[:1000] for f in range(10)]
     (tmp_path / "ds" / "folds.json").write_text(json.dumps(folds))
     s = create_split(Store.open(tmp_path / "ds"), tmp_path / "sp", seed=2, size=1000, nvalid=10)

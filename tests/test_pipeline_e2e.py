@@ -1,0 +1,92 @@
+"""End to end: the real DVC pipeline in a temporary repository, on toy sizes of the digits default."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from realmix.store import Store
+from tests.conftest import run
+
+pytestmark = pytest.mark.e2e
+
+
+def set_params(proj, **sections):
+    data = yaml.safe_load((proj / "params.yaml").read_text())
+    for section, values in sections.items():
+        data[section].update(values)
+    (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def repo(project):
+    if shutil.which("git") is None:
+        pytest.skip("git is required")
+    set_params(project, split={"seeds": [1, 2], "sizes": [30], "nvalid": 100},
+               mismatch={"levels": [0, 100]}, preaugment={"copies": [2]})
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "init"], project)
+    return project
+
+
+def test_repro_noop_and_partial_rerun(repo):
+    first = run(["dvc", "repro"], repo)
+    assert ran(first.stdout) == {
+        "download", "rename", "split@1-30", "split@2-30",
+        "mismatch@1-0", "mismatch@1-100", "mismatch@2-0", "mismatch@2-100",
+        "preaugment@1-30-2", "preaugment@2-30-2",
+        "preaugment_mismatch@1-0-2", "preaugment_mismatch@1-100-2",
+        "preaugment_mismatch@2-0-2", "preaugment_mismatch@2-100-2",
+    }
+    splits = repo / "data" / "splits"
+    s = Store.open(splits / "digits.1@30-100")
+    assert (s.subset("label").count, s.subset("valid").count, s.subset("test").count) == (30, 100, 500)
+    aug = Store.open(splits / "digits_aug2.1@30-100")
+    assert aug.subset("unlabel").count == 3 * s.subset("unlabel").count  # 2 copies + originals
+    m = Store.open(splits / "digits6_mismatch100.2@30-100")
+    assert m.num_classes == 6 and m.meta["ood_fraction"] == 1.0
+    assert (repo / "data" / "rename_map.csv").read_text().startswith("old,new,class")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
+
+    again = run(["dvc", "repro"], repo)
+    assert ran(again.stdout) == set() and "up to date" in again.stdout
+
+    # changing one split seed reruns only what depends on that split
+    set_params(repo, split={"seeds": [1, 3]})
+    third = run(["dvc", "repro"], repo)
+    assert ran(third.stdout) == {"split@3-30", "mismatch@3-0", "mismatch@3-100", "preaugment@3-30-2",
+                                 "preaugment_mismatch@3-0-2", "preaugment_mismatch@3-100-2"}
+    run(["git", "checkout", "params.yaml"], repo)
+
+    # an experiment that changes only the augmentation reruns only the pre-augment stages
+    exp = run(["dvc", "exp", "run", "-S", "preaugment.augment=cutout"], repo)
+    assert ran(exp.stdout) == {"preaugment@1-30-2", "preaugment@2-30-2", "preaugment_mismatch@1-0-2",
+                               "preaugment_mismatch@1-100-2", "preaugment_mismatch@2-0-2",
+                               "preaugment_mismatch@2-100-2"}
+
+
+def test_bad_param_fails_the_stage_with_one_line(repo):
+    set_params(repo, dataset={"name": "bad-name"})
+    res = run(["dvc", "repro", "download"], repo, check=False)
+    assert res.returncode != 0
+    line = next(x for x in res.stderr.splitlines() if x.startswith("error: "))
+    assert "dataset.name='bad-name'" in line and "use letters, digits and '_'" in line
+    assert not (repo / "data" / "datasets").exists() or not any((repo / "data" / "datasets").iterdir())
+
+
+def test_cli_help_and_stage_errors(repo):
+    out = run(["realmix", "--help"], repo).stdout
+    for cmd in ("download", "rename", "split", "mismatch", "preaugment", "datasets"):
+        assert cmd in out
+    res = run(["python", "stages/split.py", "--seed", "1", "--size", "30"], repo, check=False)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: data/datasets/digits: not a dataset store")
