@@ -1,0 +1,76 @@
+"""The paper presets parse, and their data stages run end to end at toy size on home-made archives."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from realmix import params, pipeline
+from realmix.sources import cifar, svhn
+from tests.conftest import ROOT
+from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
+
+PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
+
+
+def test_presets_exist_and_parse():
+    assert {p.name for p in PRESETS} >= {"cifar10.yaml", "svhn.yaml"}
+    for path in PRESETS:
+        p = params.load(path)
+        assert 250 in p.split.sizes and p.split.nvalid == 5000
+
+
+def toy(path, tmp_path, **split):
+    """The preset with toy split sizes and the archive dir pointed at tmp_path."""
+    data = yaml.safe_load(path.read_text())
+    data["dataset"].update(archive_dir=str(tmp_path / "archives"), download=False)
+    data["split"].update(split)
+    if data["mismatch"]["levels"]:
+        data["mismatch"]["size"] = split["sizes"][0]
+    data["preaugment"]["copies"] = [2]
+    return params.parse(data, require_all=True)
+
+
+@pytest.fixture
+def in_tmp(tmp_path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
+
+
+def test_cifar10_preset_at_toy_size(in_tmp, monkeypatch):
+    (in_tmp / "archives").mkdir()
+    spec = cifar.SPECS["cifar10"]
+    path, _ = cifar10_archive(in_tmp / "archives" / spec.filename, np.random.default_rng(0))
+    monkeypatch.setitem(cifar.SPECS, "cifar10", dataclasses.replace(spec, md5=md5(path.read_bytes())))
+    p = toy(ROOT / "presets" / "cifar10.yaml", in_tmp, seeds=[1], sizes=[20], nvalid=10)
+    assert pipeline.download(p).subset("train").count == 50
+    s = pipeline.split(p, 1, 20)
+    assert str(pipeline.split_name(p, 1, 20)) == "cifar10.1@20-10"
+    assert set(s.subset("label").class_counts.values()) == {2}
+    for level in p.mismatch.levels:
+        m = pipeline.mismatch(p, 1, level)
+        assert m.class_names == ["bird", "cat", "deer", "dog", "frog", "horse"]
+        assert m.subset("label").count == 12
+    aug = pipeline.preaugment(p, "cifar6_mismatch50.1@20-10", 2)
+    assert aug.name == "cifar6_mismatch50_aug2.1@20-10"
+
+
+def test_svhn_preset_at_toy_size(in_tmp, monkeypatch):
+    (in_tmp / "archives").mkdir()
+    for subset, n in (("train", 60), ("test", 20)):
+        spec = svhn.SPECS[subset]
+        svhn_mat(in_tmp / "archives" / spec.filename, np.random.default_rng(1), n)
+        monkeypatch.setitem(svhn.SPECS, subset, dataclasses.replace(
+            spec, md5=md5((in_tmp / "archives" / spec.filename).read_bytes())))
+    p = toy(ROOT / "presets" / "svhn.yaml", in_tmp, seeds=[2], sizes=[20], nvalid=10)
+    assert pipeline.download(p).name == "svhn_noextra"
+    s = pipeline.split(p, 2, 20)
+    assert s.subset("label").count == 20 and s.subset("valid").count == 10
+    aug = pipeline.preaugment(p, "svhn_noextra.2@20-10", 2)
+    assert aug.subset("unlabel").count == 3 * s.subset("unlabel").count
