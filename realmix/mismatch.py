@@ -70,6 +70,5 @@ def filter_split(split: Store, out: str | Path, *, name: str, labelled_classes: 
                     f"mismatch {name}: no {part} images of classes {keep[part]} in {split.path}; "
                     "check mismatch.labelled_classes / mismatch.unlabelled_classes"
                 )
-        w.write_json("class_mapping.json", {str(i): c for i, c in enumerate(class_names)})
     return Store.open(out)
 

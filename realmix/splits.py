@@ -233,5 +233,4 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
                 w.add_shard(key, pool_images[part], labels[part])
         w.copy_subset("test", test)
         w.write_json("indices.json", index_json)
-        w.write_json("class_mapping.json", {str(i): c for i, c in enumerate(dataset.class_names)})
     return Store.open(out)

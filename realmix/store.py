@@ -30,6 +30,7 @@ from .errors import RealmixError
 
 FORMAT = "realmix-store/1"
 MANIFEST = "manifest.json"
+CLASS_MAPPING = "class_mapping.json"
 UNKNOWN = -1  # label of an image whose class is not known
 UNKNOWN_NAME = "<unknown>"
 
@@ -116,8 +117,8 @@ class StoreWriter:
         entry["_counts"] += np.bincount(labels + 1, minlength=len(self.class_names) + 1)
 
     def write_json(self, filename: str, obj: Any) -> None:
-        if filename == MANIFEST:
-            raise ValueError("the manifest is written by commit()")
+        if filename in (MANIFEST, CLASS_MAPPING):
+            raise ValueError(f"{filename} is written by commit()")
         write_json(self.tmp / filename, obj)
 
     def commit(self) -> Path:
@@ -139,6 +140,8 @@ class StoreWriter:
             "subsets": subsets,
         }
         write_json(self.tmp / MANIFEST, manifest)
+        # the seed's class-mapping form, {"0": "cat", ...}, beside every store (e.g. for per-class logging)
+        write_json(self.tmp / CLASS_MAPPING, {str(i): c for i, c in enumerate(self.class_names)})
         self._done = True
         self._ctx.__exit__(None, None, None)
         return self.path

@@ -45,11 +45,6 @@ def reader(source: str) -> Callable[[DatasetParams], RawDataset]:
     return getattr(importlib.import_module(module), func)
 
 
-def class_mapping(class_names: list[str]) -> dict[str, str]:
-    """The seed's class-mapping JSON form: {"0": "cat", "1": "dog", ...}."""
-    return {str(i): name for i, name in enumerate(class_names)}
-
-
 def build_dataset(p: DatasetParams, out: str | Path) -> Store:
     """Read the configured source and write it as a store at `out` (atomically)."""
     raw = reader(p.source)(p)
@@ -58,7 +53,6 @@ def build_dataset(p: DatasetParams, out: str | Path) -> Store:
         for subset, chunks in raw.subsets.items():
             for images, labels in chunks:
                 w.add(subset, images, labels)
-        w.write_json("class_mapping.json", class_mapping(raw.class_names))
         for filename, obj in raw.extras.items():
             w.write_json(filename, obj)
     return Store.open(out)
