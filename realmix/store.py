@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,6 @@ class StoreWriter:
 
     def copy_subset(self, subset: str, source: Subset, *, as_name: str | None = None) -> None:
         """Copy a subset of another store verbatim (shard files and hashes are reused)."""
-        import shutil
-
         entry = self._subset(as_name or subset)
         for k, shard in enumerate(source.shards):
             stem = f"{as_name or subset}-{k:05d}"
