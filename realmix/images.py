@@ -6,12 +6,15 @@ point accepts the same files and rejects bad ones with the same one-line message
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from .errors import RealmixError
 
@@ -102,11 +105,6 @@ def load_rgb(path: Path, size: int, mode: str = "pad") -> np.ndarray:
 
 def load_many(paths: list[Path], size: int, mode: str = "pad", *, desc: str = "images") -> np.ndarray:
     """Read many files (threads: PIL releases the GIL while decoding) into N x size x size x 3 uint8."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     out = np.empty((len(paths), size, size, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         it = pool.map(lambda p: load_rgb(p, size, mode), paths)

@@ -106,7 +106,11 @@ class MismatchParams:
     size: int = 250  # the split size the mismatch datasets are cut from (one of split.sizes)
     levels: list[int] = field(default_factory=lambda: [0, 25, 50, 75, 100])
     labelled_classes: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7])
-    unlabelled_classes: dict[int, list[int]] = field(default_factory=dict)
+    unlabelled_classes: dict[int, list[int]] = field(
+        default_factory=lambda: {
+            0: [4, 5, 6, 7], 25: [0, 5, 6, 7], 50: [0, 1, 6, 7], 75: [0, 1, 8, 7], 100: [0, 1, 8, 9]
+        }
+    )  # the paper's CIFAR-10 protocol (method reference C.7)
     remap: bool = True  # relabel the labelled classes 0..k-1 (False keeps the original ids, K unchanged)
 
     def validate(self) -> None:

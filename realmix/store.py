@@ -102,11 +102,11 @@ class StoreWriter:
         entry["count"] += len(images)
         entry["_counts"] += np.bincount(labels + 1, minlength=len(self.class_names) + 1)
 
-    def copy_subset(self, subset: str, source: Subset, *, as_name: str | None = None) -> None:
+    def copy_subset(self, subset: str, source: Subset) -> None:
         """Copy a subset of another store verbatim (shard files and hashes are reused)."""
-        entry = self._subset(as_name or subset)
+        entry = self._subset(subset)
         for k, shard in enumerate(source.shards):
-            stem = f"{as_name or subset}-{k:05d}"
+            stem = f"{subset}-{k:05d}"
             self._check_shape(source.image_shape)
             shutil.copyfile(source.store.path / shard["images"], self.tmp / f"{stem}.images.npy")
             shutil.copyfile(source.store.path / shard["labels"], self.tmp / f"{stem}.labels.npy")

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import RealmixError
 from ..images import UNLABELED_DIRS, class_from_name, is_hidden, list_files, load_many
 from ..params import DatasetParams
+from ..store import UNKNOWN
 from . import RawDataset
 
 
@@ -83,7 +84,7 @@ def load(p: DatasetParams) -> RawDataset:
     subsets = {"train": subset(train, "train"), "test": subset(test, "test")}
     if unl:
         images = load_many(unl, p.img_size, p.resize, desc="unlabeled")
-        subsets["unlabeled"] = [(images, np.full(len(unl), -1, np.int64))]
+        subsets["unlabeled"] = [(images, np.full(len(unl), UNKNOWN, np.int64))]
     files = {
         "train": [str(f.relative_to(root)) for f, _ in train],
         "test": [str(f.relative_to(root)) for f, _ in test],
