@@ -1,0 +1,31 @@
+"""Classifier networks and the one convention for feeding them images."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .wrn import WideResNet, default_scales
+
+__all__ = ["WideResNet", "build_model", "default_scales", "to_input"]
+
+ARCHS = ("wrn",)
+
+
+def to_input(x: Tensor) -> Tensor:
+    """uint8 images (0..255) -> float32 in [-1, 1], as the original's `x * 2/255 - 1` (memory layout kept)."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {x.dtype}")
+    return x.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def build_model(arch: dict, num_classes: int, image_shape: list[int] | tuple[int, ...],
+                generator: torch.Generator | None = None) -> nn.Module:
+    """Build the network described by `arch` (the `model` params: arch, filters, repeat, scales (0 = from the
+    image size), bn_momentum)."""
+    if arch["arch"] != "wrn":
+        raise ValueError(f"unknown arch {arch['arch']!r}; choose one of: {', '.join(ARCHS)}")
+    h, _, c = image_shape
+    scales = arch["scales"] or default_scales(h)
+    return WideResNet(num_classes, channels=c, filters=arch["filters"], repeat=arch["repeat"], scales=scales,
+                      bn_momentum=arch.get("bn_momentum", 0.001), generator=generator)
