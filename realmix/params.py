@@ -151,12 +151,168 @@ class PreaugmentParams:
             raise RealmixError(f"params: preaugment.shard_size={self.shard_size} must be >= 1")
 
 
+ALGORITHMS = ("supervised", "mixmatch", "realmix")
+TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
+MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
+
+
+def _check_algorithms(values: list[str], key: str) -> None:
+    for a in values:
+        if a not in ALGORITHMS:
+            close = difflib.get_close_matches(a, ALGORITHMS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RealmixError(f"params: {key} has unknown algorithm {a!r}{hint}; choose from: {', '.join(ALGORITHMS)}")
+    if len(set(values)) != len(values):
+        raise RealmixError(f"params: {key} lists an algorithm twice")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """`model`: the network (WRN-28-2 = filters 32, repeat 4; scales 0 = from the image size)."""
+
+    arch: Literal["wrn"] = "wrn"
+    filters: int = 32  # channels of the first stage (doubled per stage): the width
+    repeat: int = 4  # residual blocks per stage: the depth (WRN-28 = 3 stages x 4 blocks)
+    scales: int = 0  # number of stages; 0 = log2(image size) - 2 (3 for 32 px)
+    bn_momentum: float = 0.001  # PyTorch BN momentum (TF decay 0.999); short runs need more (e.g. 0.01)
+
+    def validate(self) -> None:
+        if not 1 <= self.filters <= 1024:
+            raise RealmixError(f"params: model.filters={self.filters} must be between 1 and 1024")
+        if not 1 <= self.repeat <= 64:
+            raise RealmixError(f"params: model.repeat={self.repeat} must be between 1 and 64")
+        if not 0 <= self.scales <= 8:
+            raise RealmixError(f"params: model.scales={self.scales} must be between 0 (auto) and 8")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise RealmixError(f"params: model.bn_momentum={self.bn_momentum} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """`train`: which runs to train, and the loop, optimiser and EMA shared by every algorithm."""
+
+    algorithms: list[str] = field(default_factory=lambda: ["supervised", "mixmatch"])  # on the plain splits
+    aug_algorithms: list[str] = field(default_factory=lambda: ["realmix"])  # on the pre-augmented splits
+    mismatch_algorithms: list[str] = field(default_factory=list)  # on the mismatch splits
+    mismatch_aug_algorithms: list[str] = field(default_factory=list)  # on the pre-augmented mismatch splits
+    seed: int = 0  # run seed; combined with the split seed for init, data order, augmentation, MixUp
+    batch: int = 64  # labelled batch; SSL methods add `nu` views of as many unlabelled images
+    lr: float = 0.002  # Adam, constant
+    wd: float = 0.02  # decoupled decay: W <- W (1 - wd lr) on conv/dense weights after each Adam step
+    ema: float = 0.999  # EMA decay of the parameters (buffers are copied)
+    ema_warmup: bool = True  # decay min(ema, (1 + t) / (10 + t)) at step t (the original: false)
+    train_kimg: float = 65536  # training length in kimg (1 kimg = 1024 labelled images)
+    report_kimg: float = 64  # evaluate and log every report_kimg
+    save_kimg: float = 64  # checkpoint every save_kimg
+    keep_ckpt: int = 50  # checkpoints kept
+    augment: Literal["cifar10", "svhn", "stl10", "color", "cutout", "none"] = "cifar10"  # per-step augmentation
+    cutout_prob: float = 0.3  # augment=cutout: probability of erasing a box
+    eval_batch: int = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: autocast forwards to bfloat16 (weights, optimizer, losses stay float32); auto: bf16 where the device
+    # computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
+    progress: bool = True  # progress bar on stderr
+
+    def validate(self) -> None:
+        for key in ("algorithms", "aug_algorithms", "mismatch_algorithms", "mismatch_aug_algorithms"):
+            _check_algorithms(getattr(self, key), f"train.{key}")
+        if self.batch < 1:
+            raise RealmixError(f"params: train.batch={self.batch} must be >= 1")
+        if not self.lr > 0:
+            raise RealmixError(f"params: train.lr={self.lr} must be > 0")
+        if not 0 <= self.wd * self.lr < 1:
+            raise RealmixError(f"params: train.wd={self.wd} must be >= 0 with wd * lr < 1")
+        if not 0 <= self.ema < 1:
+            raise RealmixError(f"params: train.ema={self.ema} must be in [0, 1)")
+        for key in ("train_kimg", "report_kimg", "save_kimg"):
+            if not getattr(self, key) > 0:
+                raise RealmixError(f"params: train.{key}={getattr(self, key)} must be > 0")
+        if self.train_kimg * 1024 < self.batch:
+            raise RealmixError(f"params: train.train_kimg={self.train_kimg} is shorter than one batch")
+        if self.keep_ckpt < 1:
+            raise RealmixError(f"params: train.keep_ckpt={self.keep_ckpt} must be >= 1")
+        if not 0.0 <= self.cutout_prob <= 1.0:
+            raise RealmixError(f"params: train.cutout_prob={self.cutout_prob} must be in [0, 1]")
+        if self.eval_batch < 1 or self.threads < 0:
+            raise RealmixError("params: train.eval_batch must be >= 1 and train.threads >= 0")
+
+
+@dataclass(frozen=True)
+class SupervisedParams:
+    """`supervised`: the fully supervised baseline (labelled images only), cross-entropy with label smoothing."""
+
+    smoothing: float = 0.001
+
+    def validate(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0:
+            raise RealmixError(f"params: supervised.smoothing={self.smoothing} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class MixMatchParams:
+    """`mixmatch`: label guessing over nu views, sharpening, MixUp, interleaved BN, L2 consistency."""
+
+    beta: float = 0.5  # MixUp Beta(beta, beta)
+    w_match: float = 100.0  # weight of the unlabelled L2 loss
+    warmup_kimg: float = 1024  # w_match ramps linearly from 0 over the first warmup_kimg
+    T: float = 0.5  # sharpening temperature
+    nu: int = 2  # augmented views per unlabelled image
+    mixmode: Literal["xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx"] = "xxy.yxy"
+
+    def validate(self) -> None:
+        where = type(self).__name__.removesuffix("Params").lower()
+        if not self.beta >= 0:
+            raise RealmixError(f"params: {where}.beta={self.beta} must be >= 0")
+        if not self.w_match >= 0:
+            raise RealmixError(f"params: {where}.w_match={self.w_match} must be >= 0")
+        if not self.warmup_kimg >= 0:
+            raise RealmixError(f"params: {where}.warmup_kimg={self.warmup_kimg} must be >= 0")
+        if not 0 < self.T <= 1:
+            raise RealmixError(f"params: {where}.T={self.T} must be in (0, 1]")
+        if not 1 <= self.nu <= 8:
+            raise RealmixError(f"params: {where}.nu={self.nu} is not supported; use 1 to 8 views (the paper: 2)")
+
+
+@dataclass(frozen=True)
+class RealMixParams(MixMatchParams):
+    """`realmix`: MixMatch plus TSA on the supervised loss (top-level `tsa`) and an OOD mask on the L2 loss."""
+
+    beta: float = 0.75
+    w_match: float = 75.0
+    tsa_compat: bool = False  # reproduce the original's bug (threshold = logits * eta instead of labels * eta)
+    ood_mask: Literal["percentile", "threshold", "none"] = "percentile"
+    percent_mask: float = 0.25  # percentile: mask the least confident fraction of unlabelled rows, in (0, 1)
+    ood_threshold: float = 0.8  # threshold: mask rows with confidence <= ood_threshold
+    ood_conf_source: Literal["mixed", "clean"] = "mixed"  # confidence of the mixed rows (original) or clean views
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.percent_mask < 1.0:
+            raise RealmixError(
+                f"params: realmix.percent_mask={self.percent_mask} must be a fraction in (0, 1) "
+                "(the share of least-confident unlabelled rows to mask); use realmix.ood_mask=none to turn it off"
+            )
+        if not 0.0 <= self.ood_threshold < 1.0:
+            raise RealmixError(f"params: realmix.ood_threshold={self.ood_threshold} must be in [0, 1)")
+
+
 SECTIONS: dict[str, type] = {
     "dataset": DatasetParams,
     "rename": RenameParams,
     "split": SplitParams,
     "mismatch": MismatchParams,
     "preaugment": PreaugmentParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "supervised": SupervisedParams,
+    "mixmatch": MixMatchParams,
+    "realmix": RealMixParams,
+}
+# Top-level scalar keys (swept verbatim: `dvc exp run -S tsa=linear_schedule`) and their defaults.
+SCALARS: dict[str, tuple[Any, Any]] = {
+    "tsa": (Literal["none", "linear_schedule", "exp_schedule", "log_schedule"], "none"),
 }
 
 
@@ -167,6 +323,16 @@ class Params:
     split: SplitParams
     mismatch: MismatchParams
     preaugment: PreaugmentParams
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    supervised: SupervisedParams = field(default_factory=SupervisedParams)
+    mixmatch: MixMatchParams = field(default_factory=MixMatchParams)
+    realmix: RealMixParams = field(default_factory=RealMixParams)
+    tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule
+
+    def algorithm(self, name: str) -> Any:
+        """The params section of an algorithm."""
+        return getattr(self, name)
 
     def validate(self) -> None:
         if self.mismatch.levels and self.mismatch.size not in self.split.sizes:
@@ -242,15 +408,18 @@ def parse(data: Any, *, require_all: bool = False) -> Params:
     """Parse a params mapping. Sections may be absent (defaults apply) unless `require_all`."""
     if not isinstance(data, dict):
         raise RealmixError("params: the file must be a mapping of sections")
-    known = list(SECTIONS)
-    extra = [k for k in data if k not in SECTIONS]
+    known = [*SECTIONS, *SCALARS]
+    extra = [k for k in data if k not in known]
     if extra:
         raise _unknown_key(str(extra[0]), known, "")
     if require_all:
-        missing = [k for k in SECTIONS if k not in data]
+        missing = [k for k in known if k not in data]
         if missing:
-            raise RealmixError(f"params: missing section {missing[0]!r}")
-    params = Params(**{k: parse_section(cls, data.get(k), k) for k, cls in SECTIONS.items()})
+            raise RealmixError(f"params: missing {'section' if missing[0] in SECTIONS else 'key'} {missing[0]!r}")
+    values: dict[str, Any] = {k: parse_section(cls, data.get(k), k) for k, cls in SECTIONS.items()}
+    for k, (tp, default) in SCALARS.items():
+        values[k] = _coerce(data.get(k, default), tp, k)
+    params = Params(**values)
     params.validate()
     return params
 
