@@ -21,6 +21,7 @@ install: $(STAMP)
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/realmix datasets data
+	$(BIN)/realmix runs runs
 
 ## Run the test suite.
 test: $(STAMP)

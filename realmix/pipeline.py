@@ -9,6 +9,7 @@ Paths (relative to the project root):
     data/splits/<name>.<seed>@<size>-<nvalid>/  split
     data/splits/<mname>_mismatch<level>.<seed>@<size>-<nvalid>/   mismatch filter
     data/splits/<prefix>_aug<copies>.<seed>@<size>-<nvalid>/     pre-augmented copy of a split
+    runs/<algorithm>/<split name>/              train: model.pt, checkpoints/, live/ (dvclive), tensorboard/
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .splits import SplitName
 from .store import Store
 
 DATA = Path("data")
+RUNS = Path("runs")
 RENAMED = DATA / "renamed"
 RENAME_MAP = DATA / "rename_map.csv"
 
@@ -45,6 +47,10 @@ def augmented_name(source: SplitName, copies: int) -> SplitName:
 
 def split_dir(name: SplitName | str) -> Path:
     return DATA / "splits" / str(name)
+
+
+def run_dir(algorithm: str, data: SplitName | str) -> Path:
+    return RUNS / algorithm / str(data)
 
 
 # -- steps -----------------------------------------------------------------------------------------
@@ -96,6 +102,18 @@ def preaugment(p: Params, source: str, copies: int) -> Store:
         keep_originals=a.keep_originals, seed=a.seed, cutout_prob=a.cutout_prob, shard_size=a.shard_size,
         name=str(name),
     )
+
+
+def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
+    """Train `algorithm` on the split store `data` (e.g. digits_aug10.1@30-100) into runs/<algorithm>/<data>/."""
+    from .algorithms import ALGORITHMS
+    from .train import Trainer
+
+    if algorithm not in ALGORITHMS:
+        raise RealmixError(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
+    name = SplitName.parse(data)
+    store = Store.open(split_dir(name))
+    return Trainer(p, algorithm, store, split_seed=name.seed).fit(run_dir(algorithm, name))
 
 
 def run(main: Callable[[], object]) -> None:

@@ -6,8 +6,10 @@ import re
 import shutil
 
 import pytest
+import torch
 import yaml
 
+from realmix import checkpoint as ckpt
 from realmix.store import Store
 from tests.conftest import run
 
@@ -30,7 +32,10 @@ def repo(project):
     if shutil.which("git") is None:
         pytest.skip("git is required")
     set_params(project, split={"seeds": [1, 2], "sizes": [30], "nvalid": 100},
-               mismatch={"levels": [0, 100]}, preaugment={"copies": [2]})
+               mismatch={"levels": [0, 100]}, preaugment={"copies": [2]},
+               model={"filters": 4, "repeat": 1},
+               train={"algorithms": ["supervised"], "aug_algorithms": ["realmix"], "train_kimg": 0.25,
+                      "report_kimg": 0.125, "save_kimg": 0.125, "batch": 16, "threads": 1})
     run(["git", "init", "-q"], project)
     run(["dvc", "init", "-q"], project)
     run(["git", "add", "-A"], project)
@@ -46,7 +51,16 @@ def test_repro_noop_and_partial_rerun(repo):
         "preaugment@1-30-2", "preaugment@2-30-2",
         "preaugment_mismatch@1-0-2", "preaugment_mismatch@1-100-2",
         "preaugment_mismatch@2-0-2", "preaugment_mismatch@2-100-2",
+        "train@1-30-supervised", "train@2-30-supervised", "train_aug@1-30-2-realmix", "train_aug@2-30-2-realmix",
     }
+    run_dir = repo / "runs" / "realmix" / "digits_aug2.1@30-100"
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "live", "model.pt", "tensorboard", ".gitignore"}
+    assert (run_dir / "checkpoints" / ".gitignore").read_text() == "*\n"
+    metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "runs/realmix/digits_aug2.1@30-100/live/metrics.json" in metrics and '"accuracy"' in metrics
+    table = run(["realmix", "runs"], repo).stdout.splitlines()
+    assert table[0].split()[:2] == ["run", "images"] and len(table) == 5
+    assert any(r.startswith("realmix/digits_aug2.1@30-100 ") and r.split()[1] == "256" for r in table)
     splits = repo / "data" / "splits"
     s = Store.open(splits / "digits.1@30-100")
     assert (s.subset("label").count, s.subset("valid").count, s.subset("test").count) == (30, 100, 500)
@@ -65,14 +79,39 @@ def test_repro_noop_and_partial_rerun(repo):
     set_params(repo, split={"seeds": [1, 3]})
     third = run(["dvc", "repro"], repo)
     assert ran(third.stdout) == {"split@3-30", "mismatch@3-0", "mismatch@3-100", "preaugment@3-30-2",
-                                 "preaugment_mismatch@3-0-2", "preaugment_mismatch@3-100-2"}
+                                 "preaugment_mismatch@3-0-2", "preaugment_mismatch@3-100-2",
+                                 "train@3-30-supervised", "train_aug@3-30-2-realmix"}
     run(["git", "checkout", "params.yaml"], repo)
 
     # an experiment that changes only the augmentation reruns only the pre-augment stages
     exp = run(["dvc", "exp", "run", "-S", "preaugment.augment=cutout"], repo)
     assert ran(exp.stdout) == {"preaugment@1-30-2", "preaugment@2-30-2", "preaugment_mismatch@1-0-2",
                                "preaugment_mismatch@1-100-2", "preaugment_mismatch@2-0-2",
-                               "preaugment_mismatch@2-100-2"}
+                               "preaugment_mismatch@2-100-2", "train_aug@1-30-2-realmix",
+                               "train_aug@2-30-2-realmix"}
+
+
+def test_tsa_experiment_reruns_only_training(repo):
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
+    sup = repo / "runs" / "supervised" / "digits.1@30-100" / "model.pt"
+    real = repo / "runs" / "realmix" / "digits_aug2.1@30-100" / "model.pt"
+    sup_before = ckpt.load(sup, expect=ckpt.MODEL_FORMAT)["model"]
+    real_before = ckpt.load(real, expect=ckpt.MODEL_FORMAT)["model"]
+    exp = run(["dvc", "exp", "run", "-S", "tsa=linear_schedule"], repo)
+    # tsa is declared by every train stage; runs it does not affect resume at their end without retraining
+    assert ran(exp.stdout) == {"train@1-30-supervised", "train@2-30-supervised", "train_aug@1-30-2-realmix",
+                               "train_aug@2-30-2-realmix"}
+    assert "starting from scratch" in exp.stderr + exp.stdout
+    sup_after = ckpt.load(sup, expect=ckpt.MODEL_FORMAT)["model"]
+    real_after = ckpt.load(real, expect=ckpt.MODEL_FORMAT)["model"]
+    assert all(torch.equal(sup_before[k], sup_after[k]) for k in sup_before)
+    assert not all(torch.equal(real_before[k], real_after[k]) for k in real_before)
+    tsa = repo / "runs/realmix/digits_aug2.1@30-100/live/plots/metrics/train/tsa_threshold.tsv"
+    assert tsa.exists()
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "linear_schedule" in shown
 
 
 def test_bad_param_fails_the_stage_with_one_line(repo):
@@ -86,7 +125,7 @@ def test_bad_param_fails_the_stage_with_one_line(repo):
 
 def test_cli_help_and_stage_errors(repo):
     out = run(["realmix", "--help"], repo).stdout
-    for cmd in ("download", "rename", "split", "mismatch", "preaugment", "datasets"):
+    for cmd in ("download", "rename", "split", "mismatch", "preaugment", "train", "datasets", "runs"):
         assert cmd in out
     res = run(["python", "stages/split.py", "--seed", "1", "--size", "30"], repo, check=False)
     assert res.returncode == 2 and res.stderr.strip().startswith("error: data/datasets/digits: not a dataset store")

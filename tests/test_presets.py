@@ -32,7 +32,16 @@ def toy(path, tmp_path, **split):
     if data["mismatch"]["levels"]:
         data["mismatch"]["size"] = split["sizes"][0]
     data["preaugment"]["copies"] = [2]
+    data["train"].update(train_kimg=0.125, report_kimg=0.125, progress=False, eval_batch=64)
     return params.parse(data, require_all=True)
+
+
+def train_toy(p, algorithm: str, data: str) -> dict:
+    """A two-step run of the preset's model (WRN-28-2) and algorithm settings."""
+    res = pipeline.train(p, algorithm, data)
+    model = pipeline.run_dir(algorithm, data) / "model.pt"
+    assert model.is_file() and 0 <= res["test/accuracy"] <= 100
+    return res
 
 
 @pytest.fixture
@@ -59,6 +68,9 @@ def test_cifar10_preset_at_toy_size(in_tmp, monkeypatch):
         assert m.subset("label").count == 12
     aug = pipeline.preaugment(p, "cifar6_mismatch50.1@20-10", 2)
     assert aug.name == "cifar6_mismatch50_aug2.1@20-10"
+    assert p.model.filters == 32 and p.model.repeat == 4 and p.tsa == "linear_schedule"
+    res = train_toy(p, "realmix", "cifar6_mismatch50_aug2.1@20-10")
+    assert res["step"] == 128 and "train/tsa_threshold" in res and "train/ood_kept" in res
 
 
 def test_svhn_preset_at_toy_size(in_tmp, monkeypatch):
@@ -74,3 +86,5 @@ def test_svhn_preset_at_toy_size(in_tmp, monkeypatch):
     assert s.subset("label").count == 20 and s.subset("valid").count == 10
     aug = pipeline.preaugment(p, "svhn_noextra.2@20-10", 2)
     assert aug.subset("unlabel").count == 3 * s.subset("unlabel").count
+    assert p.train.augment == "svhn" and p.mixmatch.w_match == 250
+    train_toy(p, "mixmatch", "svhn_noextra.2@20-10")

@@ -1,0 +1,103 @@
+"""Checkpoints: plain dicts of tensors and numbers, written atomically, loaded with `weights_only=True`.
+
+A run directory keeps its last `keep` checkpoints as `checkpoints/ckpt-<images>.pt` (the step clock in images,
+zero-padded so names sort). A checkpoint that fails to load (e.g. a file truncated by a crash outside our
+atomic write) is skipped in favour of the previous one. The final model of a run is `model.pt`: the EMA and raw
+weights plus what is needed to rebuild the network (arch, class names, image shape).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic
+from .errors import RealmixError
+
+CKPT_FORMAT = "realmix-checkpoint/1"
+MODEL_FORMAT = "realmix-model/1"
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """torch.save to a temporary sibling, fsync, rename into place."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load(path: str | os.PathLike, *, expect: str = CKPT_FORMAT) -> dict[str, Any]:
+    """Load a checkpoint safely (no arbitrary unpickling); a clear error if it is missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise RealmixError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/corrupt/unsafe files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RealmixError(f"{path}: not a readable checkpoint ({first[:200]}); delete it or retrain") from e
+    if not isinstance(state, dict) or state.get("format") != expect:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise RealmixError(f"{path}: not a realmix {expect.split('/')[0].split('-')[1]} file (format {found!r})")
+    return state
+
+
+def check_compatible(state: dict[str, Any], arch: dict, num_classes: int, path: str | os.PathLike) -> None:
+    """Fail with one line when a checkpoint was made for another network or class count."""
+    if state.get("num_classes") != num_classes:
+        raise RealmixError(
+            f"{path}: checkpoint has {state.get('num_classes')} classes but this run has {num_classes}; "
+            "use a checkpoint trained on the same dataset (or delete it to start over)")
+    if state.get("arch") != arch:
+        raise RealmixError(
+            f"{path}: checkpoint is for model {state.get('arch')} but this run uses {arch}; "
+            "use matching model params (or delete the checkpoint to start over)")
+
+
+class CheckpointDir:
+    """The rotating checkpoints of one run."""
+
+    def __init__(self, path: str | os.PathLike, keep: int):
+        self.path = Path(path)
+        self.keep = keep
+
+    def list(self) -> list[Path]:
+        """Checkpoints, oldest first."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, state: dict[str, Any], images: int) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        ignore = self.path / ".gitignore"
+        if not ignore.exists():  # checkpoints are neither DVC-cached nor meant for git
+            atomic.write_text(ignore, "*\n")
+        path = self.path / f"ckpt-{images:012d}.pt"
+        save(path, state)
+        for old in self.list()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads; unreadable ones are reported and skipped."""
+        for path in reversed(self.list()):
+            try:
+                return path, load(path)
+            except RealmixError as e:
+                print(f"warning: skipping {e}", file=sys.stderr)
+        return None
+
+    def clear(self) -> None:
+        for p in self.list():
+            p.unlink(missing_ok=True)

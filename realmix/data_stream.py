@@ -1,0 +1,84 @@
+"""Training-time data: endless seeded index streams and image banks gathered on the training device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .store import ShardedArray
+
+DEVICE_BYTES = 2 << 30  # image sets up to this size live on the training device; larger ones are gathered per step
+
+
+class IndexStream:
+    """Endless shuffled passes over range(n), one fresh permutation per pass.
+
+    The state is the generator state at the start of the current pass plus the position in it, so a restored
+    stream regenerates the same permutation and continues mid-pass.
+    """
+
+    def __init__(self, n: int, rng: np.random.Generator):
+        if n < 1:
+            raise ValueError("cannot sample from an empty set")
+        self.n = n
+        self.rng = rng
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        self._pass_state = self.rng.bit_generator.state
+        self.perm = self.rng.permutation(self.n)
+        self.pos = 0
+
+    def next(self, k: int) -> np.ndarray:
+        out = []
+        while k > 0:
+            if self.pos == self.n:
+                self._new_pass()
+            take = min(k, self.n - self.pos)
+            out.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            k -= take
+        return np.concatenate(out)
+
+    def state_dict(self) -> dict:
+        return {"pass_state": self._pass_state, "pos": self.pos, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"index stream over {state['n']} items cannot resume over {self.n}")
+        self.rng.bit_generator.state = state["pass_state"]
+        self._new_pass()
+        self.pos = int(state["pos"])
+
+
+class ImageBank:
+    """uint8 images of one subset, gathered by index into an N x C x H x W tensor (channels-last memory).
+
+    Sets up to `device_bytes` are copied once onto the training device; larger ones stay memory-mapped on the
+    host and each batch travels through pinned memory.
+    """
+
+    def __init__(self, images: ShardedArray | np.ndarray, device: torch.device, device_bytes: int = DEVICE_BYTES):
+        self.device = device
+        nbytes = int(np.prod(images.shape))
+        self.on_device = nbytes <= device_bytes
+        if self.on_device:
+            self.images = torch.from_numpy(np.array(images[:])).to(device)
+        else:
+            self.host = images
+        self._pin = device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.images) if self.on_device else len(self.host)
+
+    def gather(self, index: np.ndarray) -> Tensor:
+        if self.on_device:
+            idx = torch.from_numpy(index).to(self.device, non_blocking=True)
+            batch = self.images[idx]
+        else:
+            host = torch.from_numpy(np.asarray(self.host[index]))
+            if self._pin:
+                host = host.pin_memory()
+            batch = host.to(self.device, non_blocking=True)
+        return batch.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last

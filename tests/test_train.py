@@ -1,0 +1,277 @@
+"""The training loop: runs, resume (in process and after SIGKILL), logs, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from realmix import checkpoint as ckpt
+from realmix.errors import RealmixError
+from realmix.params import parse
+from realmix.store import Store
+from realmix.train import Trainer
+from tests.conftest import ROOT, make_store
+
+TINY = {
+    "model": {"filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1},
+    "train": {"batch": 6, "train_kimg": 0.05, "report_kimg": 0.02, "save_kimg": 0.02, "keep_ckpt": 2,
+              "augment": "cifar10", "eval_batch": 7, "progress": False, "threads": 1},
+    "mixmatch": {"warmup_kimg": 0.01},
+    "realmix": {"warmup_kimg": 0.01},
+}
+
+
+def tiny_params(**over):
+    data = {k: dict(v) for k, v in TINY.items()}
+    for key, value in over.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    return parse(data)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    rng = np.random.default_rng(0)
+    return make_store(tmp_path / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
+        "test": np.arange(9) % 3}, k=3, hw=8)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("algorithm", ["supervised", "mixmatch", "realmix"])
+def test_fit_writes_model_logs_and_checkpoints(tmp_path, store, algorithm):
+    p = tiny_params(tsa="linear_schedule")
+    out = tmp_path / "run"
+    res = Trainer(p, algorithm, store, split_seed=1).fit(out)
+    assert 0 <= res["test/accuracy"] <= 100 and res["step"] == 54  # 9 steps of 6 images (>= 0.05 kimg)
+    model = ckpt.load(out / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert model["class_names"] == ["c0", "c1", "c2"] and model["images"] == 54
+    assert len(ckpt.CheckpointDir(out / "checkpoints", 2).list()) == 2  # keep_ckpt
+    summary = json.loads((out / "live" / "metrics.json").read_text())
+    assert summary["step"] == 54 and "accuracy" in summary["test"] and "class" not in summary["test"]
+    rows = (out / "live" / "plots" / "metrics" / "test" / "accuracy.tsv").read_text().splitlines()
+    assert rows[0] == "step\taccuracy" and [int(r.split()[0]) for r in rows[1:]] == [24, 42, 54]
+    assert (out / "live" / "plots" / "metrics" / "test" / "class" / "c1.tsv").exists()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    if algorithm == "realmix":
+        assert (out / "live" / "plots" / "metrics" / "train" / "tsa_threshold.tsv").exists()
+
+
+def test_interrupted_run_resumes_bit_identical(tmp_path, store, monkeypatch):
+    p = tiny_params()
+    full = Trainer(p, "realmix", store, split_seed=1)
+    full.fit(tmp_path / "full")
+
+    calls = {"n": 0}
+    original = Trainer.step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the checkpoint at 24 images (step 4), before the one at 42
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(p, "realmix", store, split_seed=1).fit(tmp_path / "cut")
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    monkeypatch.setattr(Trainer, "step", original)
+    resumed = Trainer(p, "realmix", store, split_seed=1)
+    resumed.fit(tmp_path / "cut")
+    a = ckpt.load(tmp_path / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    b = ckpt.load(tmp_path / "cut" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert state_equal(a["model"], b["model"]) and state_equal(a["raw_model"], b["raw_model"])
+    assert a["metrics"] == {**b["metrics"], "train/images_per_s": a["metrics"]["train/images_per_s"]}
+    acc = (tmp_path / "cut" / "live" / "plots" / "metrics" / "test" / "accuracy.tsv").read_text()
+    assert [r.split()[0] for r in acc.splitlines()[1:]] == ["24", "42", "54"]  # no duplicated rows
+
+
+def test_changed_params_start_over_and_finished_run_is_reused(tmp_path, store, capsys):
+    out = tmp_path / "run"
+    Trainer(tiny_params(), "supervised", store, split_seed=1).fit(out)
+    first = ckpt.load(out / "model.pt", expect=ckpt.MODEL_FORMAT)
+    # tsa only matters to realmix: the supervised run resumes at its end and writes the same model
+    Trainer(tiny_params(tsa="log_schedule"), "supervised", store, split_seed=1).fit(out)
+    assert "resuming" in capsys.readouterr().err
+    assert state_equal(first["model"], ckpt.load(out / "model.pt", expect=ckpt.MODEL_FORMAT)["model"])
+    Trainer(tiny_params(train={"lr": 0.001}), "supervised", store, split_seed=1).fit(out)
+    assert "starting from scratch" in capsys.readouterr().err
+
+
+def test_runs_are_seeded(tmp_path, store):
+    def weights(seed, name):
+        Trainer(tiny_params(train={"seed": seed}), "mixmatch", store, split_seed=1).fit(tmp_path / name)
+        return ckpt.load(tmp_path / name / "model.pt", expect=ckpt.MODEL_FORMAT)["model"]
+
+    assert state_equal(weights(0, "a"), weights(0, "b"))
+    assert not state_equal(weights(0, "a"), weights(1, "c"))
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, store, monkeypatch):
+    from realmix.algorithms.supervised import Supervised
+
+    original = Supervised.train_step
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, progress):
+        out = original(self, model, batch, progress)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Supervised, "train_step", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(RealmixError, match="NaN/inf"):
+        Trainer(tiny_params(), "supervised", store, split_seed=1).fit(out)
+    names = [p.name for p in ckpt.CheckpointDir(out / "checkpoints", 2).list()]
+    assert names == ["ckpt-000000000024.pt"] and not (out / "model.pt").exists()
+    state = ckpt.load(out / "checkpoints" / names[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, store):
+    out = tmp_path / "run"
+    Trainer(tiny_params(), "supervised", store, split_seed=1).fit(out)
+    path, state = ckpt.CheckpointDir(out / "checkpoints", 2).latest()
+    other = Trainer(tiny_params(model={"filters": 8}), "supervised", store, split_seed=1)
+    with pytest.raises(RealmixError, match="checkpoint is for model"):
+        other.load_state_dict(state, path)
+    fewer = make_store(tmp_path / "two", {"label": [0, 1] * 3, "test": [0, 1]}, k=2, hw=8)
+    with pytest.raises(RealmixError, match="has 3 classes but this run has 2"):
+        Trainer(tiny_params(), "supervised", fewer, split_seed=1).load_state_dict(state, path)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"train": {"algorithms": ["mixmach"]}}, "did you mean 'mixmatch'"),
+    ({"tsa": "cosine"}, "tsa='cosine' is not allowed"),
+    ({"mixmatch": {"mixmode": "xy.yx"}}, "mixmatch.mixmode='xy.yx' is not allowed"),
+    ({"realmix": {"nu": 9}}, "realmix.nu=9 is not supported"),
+    ({"realmix": {"percent_mask": 1.0}}, "realmix.percent_mask=1.0 must be a fraction in (0, 1)"),
+    ({"train": {"lr": 0}}, "train.lr=0.0 must be > 0"),
+])
+def test_bad_params(over, message):
+    with pytest.raises(RealmixError) as e:
+        tiny_params(**over)
+    assert message in str(e.value)
+
+
+def test_batch_smaller_than_interleave_groups(store):
+    with pytest.raises(RealmixError, match=r"train.batch=2: .*nu \+ 1 = 3 interleave groups"):
+        Trainer(tiny_params(train={"batch": 2}), "mixmatch", store, split_seed=1)
+
+
+def cli_project(work: Path) -> Path:
+    rng = np.random.default_rng(0)
+    make_store(work / "data" / "splits" / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
+        "test": np.arange(9) % 3}, k=3, hw=8)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, values in TINY.items():
+        params[key].update(values)
+    params["train"].update(train_kimg=2, save_kimg=0.1, report_kimg=0.5)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def test_cli_run_killed_and_rerun_resumes_identically(tmp_path):
+    """`realmix train` killed with SIGKILL after a checkpoint; the rerun resumes from it and ends with the
+    same weights as an uninterrupted run."""
+    cmd = [sys.executable, "-m", "realmix.cli", "train", "--algorithm", "mixmatch", "--data", "toy.1@12-6"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ref = cli_project(tmp_path / "ref")
+    assert subprocess.run(cmd, cwd=ref, env=env, capture_output=True).returncode == 0
+    work = cli_project(tmp_path / "proj")
+    ckdir = work / "runs" / "mixmatch" / "toy.1@12-6" / "checkpoints"
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(ckdir.glob("ckpt-*.pt"))) < 2:
+            time.sleep(0.05)
+            assert proc.poll() is None, proc.communicate()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    kept = sorted(ckdir.glob("ckpt-*.pt"))
+    assert kept and not (ckdir.parent / "model.pt").exists()
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"from {kept[-1].name}" in res.stderr or f"from {kept[-2].name}" in res.stderr
+    assert "test/accuracy" in res.stdout
+    a = ckpt.load(ckdir.parent / "model.pt", expect=ckpt.MODEL_FORMAT)
+    b = ckpt.load(ref / "runs" / "mixmatch" / "toy.1@12-6" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert state_equal(a["model"], b["model"]) and state_equal(a["raw_model"], b["raw_model"])
+
+
+def test_update_is_adam_then_decay_on_weights_only_then_ema(store, monkeypatch):
+    p = tiny_params(train={"wd": 50.0, "lr": 0.002, "ema": 0.5, "ema_warmup": False})
+    trainer = Trainer(p, "supervised", store, split_seed=1)
+    model = trainer.model
+    adam_moved = {}
+
+    def fake_adam():  # a known "Adam" move, so decay and EMA can be checked exactly
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.add_(1.0)
+                adam_moved[name] = param.clone()
+
+    monkeypatch.setattr(trainer.optimizer, "step", fake_adam)
+    ema_before = {k: v.clone() for k, v in trainer.ema.model.named_parameters()}
+    with torch.no_grad():  # make the BN running statistics differ from the EMA copy's
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                buf.add_(0.25)
+    trainer.update()
+    factor = 1.0 - 50.0 * 0.002
+    weights = {n for n, q in model.named_parameters() if q.ndim > 1}
+    assert weights and any(n.endswith("fc.weight") for n in weights) and any("conv" in n for n in weights)
+    for name, param in model.named_parameters():
+        expected = adam_moved[name] * factor if name in weights else adam_moved[name]  # no decay on biases / BN
+        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-6, msg=name)
+        # the EMA averages the decayed weights: 0.5 * before + 0.5 * after
+        torch.testing.assert_close(dict(trainer.ema.model.named_parameters())[name],
+                                   0.5 * ema_before[name] + 0.5 * expected, rtol=0, atol=1e-6, msg=name)
+    for (name, buf), (_, ema_buf) in zip(model.named_buffers(), trainer.ema.model.named_buffers(), strict=True):
+        assert torch.equal(buf, ema_buf), name  # buffers copied, not averaged
+
+
+def test_precision_choice(monkeypatch):
+    from realmix import train
+
+    cpu = torch.device("cpu")
+    assert train.pick_precision("fp32", cpu) is None
+    assert train.pick_precision("bf16", cpu) is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(train, "native_bf16", lambda device, n=native: n)
+        assert train.pick_precision("auto", cpu) is expected
+
+
+def test_bf16_run_trains_in_bf16_with_float32_state(tmp_path, store):
+    seen = []
+    trainer = Trainer(tiny_params(train={"precision": "bf16"}), "mixmatch", store, split_seed=1)
+    trainer.model.stem.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    out = trainer.step()
+    assert seen and all(d == torch.bfloat16 for d in seen)  # every forward of the step ran under autocast
+    assert out.loss.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.ema.model.parameters())
+    fp32 = Trainer(tiny_params(train={"precision": "fp32"}), "mixmatch", store, split_seed=1)
+    assert fp32.fingerprint != trainer.fingerprint  # a bf16 checkpoint is not resumed in fp32
+    res = trainer.fit(tmp_path / "run")
+    assert 0 <= res["test/accuracy"] <= 100
+    assert ckpt.load(tmp_path / "run" / "model.pt", expect=ckpt.MODEL_FORMAT)["precision"] == "torch.bfloat16"
