@@ -137,7 +137,7 @@ class Trainer:
         }
         if algorithm == "realmix":
             ident["tsa"] = p.tsa
-        ident["train"]["precision"] = str(self.autocast_dtype)  # what `auto` resolved to on this machine
+        ident["train"]["precision"] = str(self.autocast_dtype or torch.float32)  # what `auto` resolved to here
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- one step ---------------------------------------------------------------------------------------
