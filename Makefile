@@ -20,8 +20,10 @@ install: $(STAMP)
 ## Run the default pipeline (offline digits dataset) and print the results.
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/realmix datasets data
 	$(BIN)/realmix runs runs
+	@echo
+	@echo "Results (metrics/summary.md; chart: metrics/summary.png; per run: runs/<algorithm>/<split>/eval/):"
+	$(BIN)/realmix results
 
 ## Run the test suite.
 test: $(STAMP)

@@ -1,5 +1,6 @@
 """`realmix` command line: one subcommand per pipeline step (for one-off work outside `dvc repro`),
-plus `datasets` and `runs` to list the stores and trained runs the pipeline has written.
+`predict` for a trained run on a folder of images, and `datasets` / `runs` / `results` to list what the
+pipeline has written.
 
 The step subcommands read the same params.yaml as the DVC stages and write to the same paths, so
 `realmix split --seed 3 --size 250` does what the stage `split@3-250` would do.
@@ -65,6 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one run: runs/<algorithm>/<data>/ (resumes from its checkpoints)")
     s.add_argument("--algorithm", required=True, help="supervised | mixmatch | realmix")
     s.add_argument("--data", required=True, help="split name under data/splits/, e.g. digits_aug10.1@30-100")
+    s = sub.add_parser("evaluate", help="evaluate a trained run on its test images: runs/<algorithm>/<data>/eval/")
+    s.add_argument("--algorithm", required=True, help="supervised | mixmatch | realmix")
+    s.add_argument("--data", required=True, help="split name, e.g. digits_aug10.1@30-100")
+    sub.add_parser("summary", help="aggregate every planned run (mean ± std over seeds) into metrics/")
+    s = sub.add_parser("results", help="print the results table (metrics/summary.md) written by `summary`")
+    s.add_argument("path", nargs="?", default=pipeline.METRICS / "summary.md", type=Path)
+    s = sub.add_parser("predict", help="predict a folder of PNG/JPEG images with a trained run's model.pt",
+                       description="Predict every PNG/JPEG under IMAGES (any size and mode) with a trained run. "
+                       "Writes OUT/predictions.npy (probabilities) and OUT/predictions.csv (path, predicted, "
+                       "confidence, true); images in class subfolders or named {n}_{class} are also scored.")
+    s.add_argument("--model", required=True, type=Path, help="a run's model.pt, e.g. runs/realmix/<split>/model.pt")
+    s.add_argument("--images", required=True, type=Path, help="folder of images (class subfolders optional)")
+    s.add_argument("--out", required=True, type=Path, help="output folder (not inside --images)")
+    s.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default, as evaluated) or raw")
+    s.add_argument("--batch", type=int, default=256)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="unreadable or non-image files: stop (default) or skip them and list them in skipped.csv")
+    s.add_argument("--resize", choices=("pad", "stretch", "crop"), default="pad",
+                   help="how images are fitted to the model's input size (default: pad, keeping the aspect)")
     s = sub.add_parser("datasets", help="list the dataset stores under a folder")
     s.add_argument("root", nargs="?", default="data", type=Path)
     s = sub.add_parser("runs", help="list trained runs with their latest accuracies")
@@ -80,6 +101,16 @@ def main(argv: list[str] | None = None) -> None:
             return _datasets(args.root)
         if args.command == "runs":
             return _runs(args.root)
+        if args.command == "predict":
+            from .predict import predict_folder
+
+            res = predict_folder(args.model, args.images, args.out, weights=args.weights, batch=args.batch,
+                                 device=args.device, on_error=args.on_error, resize=args.resize)
+            return print(res.summary())
+        if args.command == "results":
+            if not args.path.is_file():
+                raise RealmixError(f"{args.path}: not found; run `dvc repro` (or `make repro`) first")
+            return print(args.path.read_text(), end="")
         p = params.load(args.params)
         if args.command == "download":
             print(pipeline.download(p).summary())
@@ -96,6 +127,13 @@ def main(argv: list[str] | None = None) -> None:
             shown = ("test/accuracy", "valid/accuracy", "label/accuracy", "raw/test/accuracy")
             print(f"{pipeline.run_dir(args.algorithm, args.data)}: "
                   + ", ".join(f"{k} {res[k]:.2f}%" for k in shown if k in res))
+        elif args.command == "evaluate":
+            res = pipeline.evaluate(p, args.algorithm, args.data)
+            print(f"{pipeline.run_dir(args.algorithm, args.data)}/eval: test accuracy {res['accuracy']:.2f}% "
+                  f"on {res['images']} images, F1 macro {res['f1_macro']:.3f}")
+        elif args.command == "summary":
+            rows = pipeline.summary(p)
+            print(f"{pipeline.METRICS}/summary.md: {len(rows)} settings")
 
     pipeline.run(dispatch)
 

@@ -10,6 +10,9 @@ Paths (relative to the project root):
     data/splits/<mname>_mismatch<level>.<seed>@<size>-<nvalid>/   mismatch filter
     data/splits/<prefix>_aug<copies>.<seed>@<size>-<nvalid>/     pre-augmented copy of a split
     runs/<algorithm>/<split name>/              train: model.pt, checkpoints/, live/ (dvclive), tensorboard/
+    runs/<algorithm>/<split name>/eval/         evaluate: evaluation.json, predictions.npy/.csv, accuracy.png
+    metrics/runs/<algorithm>/<split name>/accuracy.json   evaluate: last01/10/20/50 medians (DVC metrics)
+    metrics/summary/, summary.md, summary.png   summary: mean +- std over seeds per setting
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from .errors import RealmixError
 from .params import Params
 from .splits import SplitName
 from .store import Store
+from .summary import RunRef
 
 DATA = Path("data")
 RUNS = Path("runs")
+METRICS = Path("metrics")
+RUN_METRICS = METRICS / "runs"
 RENAMED = DATA / "renamed"
 RENAME_MAP = DATA / "rename_map.csv"
 
@@ -114,6 +120,43 @@ def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
     name = SplitName.parse(data)
     store = Store.open(split_dir(name))
     return Trainer(p, algorithm, store, split_seed=name.seed).fit(run_dir(algorithm, name))
+
+
+def evaluate(p: Params, algorithm: str, data: str) -> dict:
+    """Evaluate runs/<algorithm>/<data>/model.pt on its split's test images; write eval/ and accuracy.json."""
+    from .evaluate import evaluate_run
+
+    name = SplitName.parse(data)
+    return evaluate_run(run_dir(algorithm, name), Store.open(split_dir(name)),
+                        RUN_METRICS / algorithm / str(name) / "accuracy.json",
+                        batch=p.train.eval_batch, device=p.train.device)
+
+
+def planned_runs(p: Params) -> list[RunRef]:
+    """Every run the train stages of dvc.yaml train with these params (the same matrices, in the same order)."""
+    s, m, t = p.split, p.mismatch, p.train
+    runs = []
+
+    def add(algorithms: list[str], name: SplitName, mismatch: int | None = None, copies: int | None = None) -> None:
+        setting = f"{name.name}@{name.size}-{name.nvalid}"
+        runs.extend(RunRef(a, str(name), setting, name.seed, mismatch, copies) for a in algorithms)
+
+    for seed in s.seeds:
+        for size in s.sizes:
+            add(t.algorithms, split_name(p, seed, size))
+            for copies in p.preaugment.copies:
+                add(t.aug_algorithms, augmented_name(split_name(p, seed, size), copies), copies=copies)
+        for level in m.levels:
+            add(t.mismatch_algorithms, mismatch_name(p, seed, level), level)
+            for copies in p.preaugment.copies:
+                add(t.mismatch_aug_algorithms, augmented_name(mismatch_name(p, seed, level), copies), level, copies)
+    return runs
+
+
+def summary(p: Params) -> list[dict]:
+    from .summary import write_summary
+
+    return write_summary(planned_runs(p), RUN_METRICS, METRICS)
 
 
 def run(main: Callable[[], object]) -> None:

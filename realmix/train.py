@@ -29,6 +29,7 @@ from .augment import augment_batch
 from .data_stream import DEVICE_BYTES, ImageBank, IndexStream
 from .ema import EMA
 from .errors import RealmixError
+from .inference import predict_proba
 from .metrics import classification_metrics
 from .models import build_model, to_input
 from .params import Params
@@ -219,19 +220,10 @@ class Trainer:
         return rec
 
     # -- evaluation -------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def predict(self, model: torch.nn.Module, images: Any) -> np.ndarray:
         """Class probabilities for uint8 NHWC images (array or memory-mapped), in eval-batch chunks."""
-        was_training = model.training
-        model.eval()
-        out = []
-        step = self.params.train.eval_batch
-        for i in range(0, len(images), step):
-            x = torch.from_numpy(np.array(images[i:i + step])).to(self.device).permute(0, 3, 1, 2)
-            with self.autocast():
-                out.append(model(to_input(x)).softmax(-1).cpu())
-        model.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes), np.float32)
+        return predict_proba(model, images, batch=self.params.train.eval_batch, device=self.device,
+                             autocast_dtype=self.autocast_dtype)
 
     def evaluate(self) -> dict[str, float]:
         """EMA model on labelled / validation / test images; raw model on test. Accuracy in percent."""
@@ -295,6 +287,7 @@ class Trainer:
             "precision": str(self.autocast_dtype or torch.float32),
             "fingerprint": self.fingerprint, "model": self.ema.model.state_dict(),
             "raw_model": self.model.state_dict(), "metrics": self.history[-1] if self.history else {},
+            "history": self.history,  # every evaluation: the `evaluate` stage's last-N medians read it
         }
 
     # -- the loop ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -52,12 +53,29 @@ def test_repro_noop_and_partial_rerun(repo):
         "preaugment_mismatch@1-0-2", "preaugment_mismatch@1-100-2",
         "preaugment_mismatch@2-0-2", "preaugment_mismatch@2-100-2",
         "train@1-30-supervised", "train@2-30-supervised", "train_aug@1-30-2-realmix", "train_aug@2-30-2-realmix",
+        "evaluate@1-30-supervised", "evaluate@2-30-supervised", "evaluate_aug@1-30-2-realmix",
+        "evaluate_aug@2-30-2-realmix", "summary",
     }
     run_dir = repo / "runs" / "realmix" / "digits_aug2.1@30-100"
-    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "live", "model.pt", "tensorboard", ".gitignore"}
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "live", "model.pt", "tensorboard", "eval",
+                                                   ".gitignore"}
+    assert {p.name for p in (run_dir / "eval").iterdir()} == {"evaluation.json", "predictions.npy",
+                                                              "predictions.csv", "accuracy.png", ".gitignore"}
     assert (run_dir / "checkpoints" / ".gitignore").read_text() == "*\n"
-    metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "runs/realmix/digits_aug2.1@30-100/live/metrics.json" in metrics and '"accuracy"' in metrics
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = metrics[""]["data"]
+    acc = files["metrics/runs/realmix/digits_aug2.1@30-100/accuracy.json"]["data"]
+    # 2 evaluations per run at this toy size: the last-20 median is stated as missing (null), not made up
+    assert acc["evaluations"] == 2 and "last20" not in acc and 0 <= acc["last01"] <= 100
+    on_disk = json.loads((repo / "metrics/runs/realmix/digits_aug2.1@30-100/accuracy.json").read_text())
+    assert on_disk["last20"] is None and on_disk["last01"] == acc["last01"]
+    assert files["metrics/summary/realmix/digits_aug2@30-100.json"]["data"]["runs"] == 0
+    assert set(files) == {f"metrics/runs/{r}/accuracy.json" for r in (
+        "supervised/digits.1@30-100", "supervised/digits.2@30-100", "realmix/digits_aug2.1@30-100",
+        "realmix/digits_aug2.2@30-100")} | {"metrics/summary/realmix/digits_aug2@30-100.json",
+                                            "metrics/summary/supervised/digits@30-100.json"}
+    results = run(["realmix", "results"], repo).stdout
+    assert "| supervised | digits@30-100 | 0/2 | n/a |" in results and "fewer than 20 evaluations" in results
     table = run(["realmix", "runs"], repo).stdout.splitlines()
     assert table[0].split()[:2] == ["run", "images"] and len(table) == 5
     assert any(r.startswith("realmix/digits_aug2.1@30-100 ") and r.split()[1] == "256" for r in table)
@@ -80,7 +98,8 @@ def test_repro_noop_and_partial_rerun(repo):
     third = run(["dvc", "repro"], repo)
     assert ran(third.stdout) == {"split@3-30", "mismatch@3-0", "mismatch@3-100", "preaugment@3-30-2",
                                  "preaugment_mismatch@3-0-2", "preaugment_mismatch@3-100-2",
-                                 "train@3-30-supervised", "train_aug@3-30-2-realmix"}
+                                 "train@3-30-supervised", "train_aug@3-30-2-realmix", "evaluate@3-30-supervised",
+                                 "evaluate_aug@3-30-2-realmix", "summary"}
     run(["git", "checkout", "params.yaml"], repo)
 
     # an experiment that changes only the augmentation reruns only the pre-augment stages
@@ -88,10 +107,11 @@ def test_repro_noop_and_partial_rerun(repo):
     assert ran(exp.stdout) == {"preaugment@1-30-2", "preaugment@2-30-2", "preaugment_mismatch@1-0-2",
                                "preaugment_mismatch@1-100-2", "preaugment_mismatch@2-0-2",
                                "preaugment_mismatch@2-100-2", "train_aug@1-30-2-realmix",
-                               "train_aug@2-30-2-realmix"}
+                               "train_aug@2-30-2-realmix", "evaluate_aug@1-30-2-realmix",
+                               "evaluate_aug@2-30-2-realmix", "summary"}
 
 
-def test_tsa_experiment_reruns_only_training(repo):
+def test_tsa_experiment_metrics_diff_and_plots(repo):
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "repro"], repo)
@@ -100,9 +120,12 @@ def test_tsa_experiment_reruns_only_training(repo):
     sup_before = ckpt.load(sup, expect=ckpt.MODEL_FORMAT)["model"]
     real_before = ckpt.load(real, expect=ckpt.MODEL_FORMAT)["model"]
     exp = run(["dvc", "exp", "run", "-S", "tsa=linear_schedule"], repo)
-    # tsa is declared by every train stage; runs it does not affect resume at their end without retraining
-    assert ran(exp.stdout) == {"train@1-30-supervised", "train@2-30-supervised", "train_aug@1-30-2-realmix",
-                               "train_aug@2-30-2-realmix"}
+    # tsa is declared by every train stage; runs it does not affect resume at their end without retraining,
+    # rewrite the same model.pt, and so are not re-evaluated
+    # (summary reruns only if a re-evaluated run's accuracy.json changed: at this toy size it may not)
+    assert ran(exp.stdout) - {"summary"} == {"train@1-30-supervised", "train@2-30-supervised",
+                                             "train_aug@1-30-2-realmix", "train_aug@2-30-2-realmix",
+                                             "evaluate_aug@1-30-2-realmix", "evaluate_aug@2-30-2-realmix"}
     assert "starting from scratch" in exp.stderr + exp.stdout
     sup_after = ckpt.load(sup, expect=ckpt.MODEL_FORMAT)["model"]
     real_after = ckpt.load(real, expect=ckpt.MODEL_FORMAT)["model"]
@@ -112,6 +135,25 @@ def test_tsa_experiment_reruns_only_training(repo):
     assert tsa.exists()
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "linear_schedule" in shown
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
+    rm = diff["metrics/runs/realmix/digits_aug2.1@30-100/accuracy.json"]
+    assert rm["evaluations"]["old"] == rm["evaluations"]["new"] == 2 and "new" in rm["last01"]
+    sup_diff = diff["metrics/runs/supervised/digits.1@30-100/accuracy.json"]
+    assert all(v["old"] == v["new"] for v in sup_diff.values())  # not retrained, not re-evaluated
+    table = run(["dvc", "metrics", "diff", "--all"], repo).stdout
+    assert "HEAD" in table and "workspace" in table and "last01" in table
+
+    # every plot is a PNG image: `dvc plots show` renders offline (no vega from a CDN)
+    out = run(["dvc", "plots", "show", "--json"], repo).stdout
+    plots = json.loads(out)["data"]
+    assert plots and all(r["type"] == "image" for rs in plots.values() for r in rs)
+    assert {"metrics/summary.png", "runs/realmix/digits_aug2.1@30-100/eval/accuracy.png"} <= set(plots)
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    page = (repo / "plots_html" / "index.html").read_text()
+    assert page.count("<img") == len(plots) and "<script" not in page  # nothing to fetch
+    run(["dvc", "plots", "diff", "HEAD", "-o", "diff_html"], repo)
+    assert (repo / "diff_html" / "index.html").read_text().count("<img") >= 2 * len(plots) - 2
 
 
 def test_bad_param_fails_the_stage_with_one_line(repo):
@@ -125,7 +167,8 @@ def test_bad_param_fails_the_stage_with_one_line(repo):
 
 def test_cli_help_and_stage_errors(repo):
     out = run(["realmix", "--help"], repo).stdout
-    for cmd in ("download", "rename", "split", "mismatch", "preaugment", "train", "datasets", "runs"):
+    for cmd in ("download", "rename", "split", "mismatch", "preaugment", "train", "evaluate", "summary", "results",
+                "datasets", "runs"):
         assert cmd in out
     res = run(["python", "stages/split.py", "--seed", "1", "--size", "30"], repo, check=False)
     assert res.returncode == 2 and res.stderr.strip().startswith("error: data/datasets/digits: not a dataset store")

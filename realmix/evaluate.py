@@ -1,0 +1,107 @@
+"""Evaluation of a finished run: the EMA model on the test images, and the medians of its evaluation history.
+
+    evaluate_run(run_dir, store, metrics_path)   # run_dir/model.pt -> run_dir/eval/*, metrics_path (accuracy.json)
+
+The medians are the original `extract_accuracy.py`: the median of the last 1/10/20/50 evaluated test accuracies
+(the paper reports error = 100 - last20, "the median of the last 20 checkpoints").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import atomic
+from .errors import RealmixError
+from .metrics import classification_metrics, confusion_matrix
+from .store import Store
+
+LAST = (1, 10, 20, 50)
+
+
+def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
+    """{"last01": .., "last10": .., "last20": .., "last50": .., "evaluations": n, "error": 100 - last20}.
+
+    A median over fewer evaluations than asked for is not made up: it is null, and `evaluations` says how many
+    there were.
+    """
+    acc = [float(a) for a in accuracies]
+    out: dict[str, Any] = {"evaluations": len(acc)}
+    for n in LAST:
+        out[f"last{n:02d}"] = float(np.median(acc[-n:])) if len(acc) >= n else None
+    out["error"] = None if out["last20"] is None else 100.0 - out["last20"]
+    return out
+
+
+def accuracy_history(history: list[dict[str, float]]) -> list[float]:
+    """The EMA test accuracy of every evaluation of a run, in order."""
+    return [r["test/accuracy"] for r in history if "test/accuracy" in r]
+
+
+def predictions_csv(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> str:
+    """index, true class (empty if unknown), predicted class, confidence."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "true", "predicted", "confidence"])
+    pred = probs.argmax(1)
+    for i, (y, p) in enumerate(zip(labels, pred, strict=True)):
+        w.writerow([i, class_names[y] if y >= 0 else "", class_names[p], f"{probs[i, p]:.6f}"])
+    return buf.getvalue()
+
+
+def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | os.PathLike, *, batch: int = 256,
+                 device: str = "auto") -> dict[str, Any]:
+    """Evaluate run_dir/model.pt (EMA weights, in the run's precision) on the store's test images.
+
+    Writes run_dir/eval/: evaluation.json (accuracy, precision/recall/F1 macro and weighted, per-class accuracy,
+    confusion matrix), predictions.npy (N x K probabilities), predictions.csv, accuracy.png (the run's curves);
+    and metrics_path: the last-N medians of the run's evaluation history. Returns the evaluation dict.
+    """
+    from .charts import training_curves
+    from .inference import load_model, predict_proba
+    from .train import pick_device
+
+    run_dir = Path(run_dir)
+    model_path = run_dir / "model.pt"
+    model, meta = load_model(model_path, "ema", pick_device(device))
+    if meta["class_names"] != store.class_names:
+        raise RealmixError(
+            f"{model_path}: trained on classes {meta['class_names']} but {store.path} has {store.class_names}; "
+            "evaluate a run on the split it was trained on (retrain it with `dvc repro`)")
+    if not store.has("test") or store.subset("test").count == 0:
+        raise RealmixError(f"{store.path}: no test images to evaluate on")
+    test = store.subset("test")
+    labels = test.labels
+    # the precision the run was trained and evaluated in, so this agrees with the training loop's last figure
+    amp = torch.bfloat16 if meta.get("precision") == str(torch.bfloat16) else None
+    probs = predict_proba(model, test.images, batch=batch, autocast_dtype=amp)
+    known = labels >= 0
+    if not known.any():
+        raise RealmixError(f"{store.path}: the test images have no known classes; nothing to score")
+    k = len(store.class_names)
+    result: dict[str, Any] = {
+        "run": str(run_dir), "data": store.name, "algorithm": meta["algorithm"], "images": int(known.sum()),
+        "trained_images": meta["images"], "weights": "ema",
+        **classification_metrics(probs[known], labels[known], store.class_names),
+        "confusion_matrix": {"classes": store.class_names,
+                             "counts": confusion_matrix(labels[known], probs[known].argmax(1), k).tolist()},
+    }
+    history = meta.get("history", [])
+    medians = {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
+
+    out = run_dir / "eval"
+    with atomic.atomic_path(out, directory=True) as tmp:
+        (tmp / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        np.save(tmp / "predictions.npy", probs.astype(np.float32))
+        (tmp / "predictions.csv").write_text(predictions_csv(labels, probs, store.class_names))
+        training_curves(history, tmp / "accuracy.png", title=f"{meta['algorithm']} on {store.name}")
+    atomic.write_text(metrics_path, json.dumps(medians, indent=4, sort_keys=True) + "\n")
+    return result

@@ -1,0 +1,66 @@
+"""A trained network from a run's `model.pt`, and batched class probabilities for uint8 images.
+
+    model, meta = load_model("runs/realmix/digits_aug10.1@30-100/model.pt", "ema")
+    probs = predict_proba(model, images)          # images: N x H x W x C uint8 (array or memory map)
+
+Used by the training loop's evaluations, the `evaluate` stage and `realmix predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .errors import RealmixError
+from .models import build_model, to_input
+
+WEIGHTS = {"ema": "model", "raw": "raw_model"}
+
+
+def load_model(path: str | os.PathLike, weights: str = "ema", device: torch.device | str = "cpu"
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a run's model.pt in eval mode, with its EMA (default) or raw weights, and its metadata
+    (class_names, image_shape, arch, history, ...). A clear error for a missing, corrupt or foreign file."""
+    if weights not in WEIGHTS:
+        raise RealmixError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+    meta = ckpt.load(path, expect=ckpt.MODEL_FORMAT)
+    model = build_model(meta["arch"], meta["num_classes"], meta["image_shape"])
+    try:
+        model.load_state_dict(meta[WEIGHTS[weights]])
+    except (RuntimeError, KeyError) as e:
+        raise RealmixError(f"{path}: its weights do not fit its recorded architecture {meta['arch']}; "
+                           "the file is damaged: retrain the run") from e
+    return model.to(device).eval(), meta
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: Any, *, batch: int = 256, device: torch.device | str | None = None,
+                  autocast_dtype: torch.dtype | None = None, progress: Any = None) -> np.ndarray:
+    """Softmax probabilities (N x K float32) of uint8 N x H x W x C images, `batch` at a time.
+
+    The model is put in eval mode for the call (BN running statistics) and restored after. `progress`, if given,
+    is called with the number of images done after each batch.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    try:
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.array(images[i:i + batch])).to(device).permute(0, 3, 1, 2)
+            with amp:
+                out.append(model(to_input(x)).softmax(-1).cpu())
+            if progress is not None:
+                progress(len(x))
+    finally:
+        model.train(was_training)
+    k = model.fc.out_features if hasattr(model, "fc") else 0
+    return torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)

@@ -1,0 +1,102 @@
+"""The results report: per-run last-N medians aggregated by setting (mean +- std over seeds).
+
+A setting is an algorithm on one dataset configuration (the split name without its seed, e.g. realmix on
+`digits_aug10@30-100`). Runs are enumerated from params by the caller, never by globbing, so a run removed
+from params is not reported even if its files are still on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .errors import RealmixError
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One planned run: its algorithm and data, and what the data is (for grouping and charts)."""
+
+    algorithm: str
+    data: str  # split name, e.g. digits6_mismatch50_aug10.1@30-100
+    setting: str  # the split name without the seed, e.g. digits6_mismatch50_aug10@30-100
+    seed: int
+    mismatch: int | None = None  # mismatch level (%) of a class-mismatch dataset
+    copies: int | None = None  # pre-augmented copies of the unlabelled set
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std over seeds
+
+
+def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (algorithm, setting): mean and sample std over seeds of last20, error = 100 - last20."""
+    groups: dict[tuple[str, str], list[RunRef]] = {}
+    for r in runs:
+        groups.setdefault((r.algorithm, r.setting), []).append(r)
+    rows = []
+    for (algorithm, setting), members in groups.items():
+        values = [medians[r]["last20"] for r in members if medians[r].get("last20") is not None]
+        mean, std = _mean_std(values)
+        rows.append({
+            "algorithm": algorithm, "setting": setting, "mismatch": members[0].mismatch,
+            "copies": members[0].copies, "seeds": [r.seed for r in members], "runs": len(values),
+            "last20": mean, "last20_std": std, "error": None if mean is None else 100.0 - mean, "error_std": std,
+            "missing": [r.data for r in members if medians[r].get("last20") is None],
+            "evaluations": min(medians[r].get("evaluations", 0) for r in members),
+        })
+    return rows
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| algorithm | setting | seeds | accuracy % (last20) | error % | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        note = ""
+        if r["missing"]:
+            note = (f"{len(r['missing'])} run(s) with fewer than 20 evaluations "
+                    f"(at least {r['evaluations']}): raise train_kimg / lower report_kimg")
+        lines.append(f"| {r['algorithm']} | {r['setting']} | {r['runs']}/{len(r['seeds'])} | "
+                     f"{_fmt(r['last20'], r['last20_std'])} | {_fmt(r['error'], r['error_std'])} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_dir: str | os.PathLike
+                  ) -> list[dict[str, Any]]:
+    """Read metrics_dir/<algorithm>/<data>/accuracy.json of every planned run; write out_dir/summary/ (one
+    JSON per setting: the DVC metrics), out_dir/summary.md (the table) and out_dir/summary.png (the chart)."""
+    from .charts import summary_chart
+
+    if not runs:
+        raise RealmixError("params: no runs are planned (train.algorithms, train.aug_algorithms, ... are all empty)")
+    medians = {}
+    for r in runs:
+        path = Path(metrics_dir) / r.algorithm / r.data / "accuracy.json"
+        if not path.is_file():
+            raise RealmixError(f"{path}: missing; run `dvc repro` so that every run is evaluated first")
+        medians[r] = json.loads(path.read_text())
+    rows = aggregate(runs, medians)
+    out = Path(out_dir)
+    with atomic.atomic_path(out / "summary", directory=True) as tmp:
+        for row in rows:
+            keys = ("last20", "last20_std", "error", "error_std", "runs")
+            path = tmp / row["algorithm"] / f"{row['setting']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({k: row[k] for k in keys}, indent=4) + "\n")
+    atomic.write_text(out / "summary.md", markdown_table(rows))
+    summary_chart(rows, out / "summary.png")
+    return rows

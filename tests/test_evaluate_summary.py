@@ -1,0 +1,143 @@
+"""The evaluate stage (test metrics, predictions, last-N medians) and the summary over seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realmix import checkpoint as ckpt
+from realmix import pipeline
+from realmix.errors import RealmixError
+from realmix.evaluate import accuracy_history, evaluate_run, median_accuracies
+from realmix.params import parse
+from realmix.summary import RunRef, aggregate, markdown_table, write_summary
+from realmix.train import Trainer
+from tests.conftest import make_store
+from tests.test_train import store, tiny_params  # noqa: F401  (the `store` fixture)
+
+
+def test_median_accuracies_hand_worked():
+    m = median_accuracies(range(1, 26))  # 25 evaluations
+    assert m == {"evaluations": 25, "last01": 25.0, "last10": 20.5, "last20": 15.5, "last50": None, "error": 84.5}
+    assert median_accuracies([]) == {"evaluations": 0, "last01": None, "last10": None, "last20": None,
+                                     "last50": None, "error": None}
+    assert median_accuracies([3.0, 1.0, 2.0] * 20)["last50"] == 2.0
+
+
+def test_accuracy_history_keeps_order_and_skips_records_without_test():
+    hist = [{"step": 1, "test/accuracy": 10.0}, {"step": 2}, {"step": 3, "test/accuracy": 30.0}]
+    assert accuracy_history(hist) == [10.0, 30.0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    st = make_store(tmp / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
+        "test": np.array([0, 1, 2, 0, 1, 2, 0, 1, -1])}, k=3, hw=8)
+    Trainer(tiny_params(), "supervised", st, split_seed=1).fit(tmp / "run")
+    return tmp / "run", st
+
+
+def test_evaluate_run_outputs(trained, tmp_path):
+    run_dir, st = trained
+    metrics_path = tmp_path / "m" / "accuracy.json"
+    res = evaluate_run(run_dir, st, metrics_path, batch=7, device="cpu")
+    probs = np.load(run_dir / "eval" / "predictions.npy")
+    labels = st.subset("test").labels
+    assert probs.shape == (9, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    known = labels >= 0
+    assert res["images"] == 8  # the unknown-class test image is predicted but not scored
+    assert res["accuracy"] == pytest.approx(100 * (probs[known].argmax(1) == labels[known]).mean())
+    cm = np.array(res["confusion_matrix"]["counts"])
+    assert cm.sum() == 8 and np.trace(cm) == round(res["accuracy"] * 8 / 100)
+    assert res["confusion_matrix"]["classes"] == ["c0", "c1", "c2"]
+    rows = list(csv.DictReader((run_dir / "eval" / "predictions.csv").open()))
+    assert len(rows) == 9 and rows[-1]["true"] == ""
+    assert [r["predicted"] for r in rows] == [f"c{i}" for i in probs.argmax(1)]
+    assert float(rows[0]["confidence"]) == pytest.approx(probs[0].max(), abs=1e-6)
+    assert json.loads((run_dir / "eval" / "evaluation.json").read_text())["accuracy"] == res["accuracy"]
+    # the evaluation used the EMA weights: the training loop's last EMA test accuracy is the same number
+    history = ckpt.load(run_dir / "model.pt", expect=ckpt.MODEL_FORMAT)["history"]
+    assert res["accuracy"] == pytest.approx(history[-1]["test/accuracy"], abs=1e-6)
+    medians = json.loads(metrics_path.read_text())
+    assert medians == {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
+    assert medians["evaluations"] == 3 and medians["last20"] is None  # stated, not faked
+    with Image.open(run_dir / "eval" / "accuracy.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_evaluate_run_bad_inputs(trained, tmp_path):
+    run_dir, _ = trained
+    other = make_store(tmp_path / "other", {"label": [0, 1], "test": [0, 1]}, k=2, hw=8)
+    with pytest.raises(RealmixError, match="trained on classes"):
+        evaluate_run(run_dir, other, tmp_path / "a.json", device="cpu")
+    with pytest.raises(RealmixError, match="checkpoint not found"):
+        evaluate_run(tmp_path / "nowhere", other, tmp_path / "a.json", device="cpu")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RealmixError, match="not a readable checkpoint"):
+        evaluate_run(tmp_path / "bad", other, tmp_path / "a.json", device="cpu")
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "bad" / "eval").exists()
+
+
+def refs(algorithm, setting, seeds, **kw):
+    name, rest = setting.split("@")
+    return [RunRef(algorithm, f"{name}.{s}@{rest}", setting, s, **kw) for s in seeds]
+
+
+def test_aggregate_mean_and_sample_std_over_seeds():
+    runs = refs("mixmatch", "d@30-100", [1, 2, 3]) + refs("supervised", "d@30-100", [1, 2])
+    last20 = [80.0, 90.0, 100.0, 60.0, None]
+    medians = {r: {"last20": v, "evaluations": 32 if v else 5} for r, v in zip(runs, last20, strict=True)}
+    rows = {r["algorithm"]: r for r in aggregate(runs, medians)}
+    assert rows["mixmatch"]["last20"] == 90.0 and rows["mixmatch"]["last20_std"] == 10.0
+    assert rows["mixmatch"]["error"] == 10.0 and rows["mixmatch"]["runs"] == 3
+    sup = rows["supervised"]
+    assert sup["runs"] == 1 and sup["last20"] == 60.0 and sup["last20_std"] == 0.0
+    assert sup["missing"] == ["d.2@30-100"] and sup["evaluations"] == 5
+    table = markdown_table(list(rows.values()))
+    assert "| mixmatch | d@30-100 | 3/3 | 90.00 ± 10.00 | 10.00 ± 10.00 |  |" in table
+    assert "1 run(s) with fewer than 20 evaluations" in table
+
+
+def test_write_summary(tmp_path):
+    runs = (refs("mixmatch", "d@30-100", [1, 2]) + refs("realmix", "d6_mismatch0@30-100", [1, 2], mismatch=0)
+            + refs("realmix", "d6_mismatch100@30-100", [1, 2], mismatch=100))
+    for i, r in enumerate(runs):
+        path = tmp_path / "runs" / r.algorithm / r.data / "accuracy.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**median_accuracies([50.0 + i] * 20)}))
+    rows = write_summary(runs, tmp_path / "runs", tmp_path)
+    assert len(rows) == 3
+    got = json.loads((tmp_path / "summary" / "realmix" / "d6_mismatch100@30-100.json").read_text())
+    assert got == {"last20": 54.5, "last20_std": pytest.approx(0.7071067811865476), "error": 45.5,
+                   "error_std": pytest.approx(0.7071067811865476), "runs": 2}
+    assert (tmp_path / "summary.md").read_text().count("\n") == 5
+    with Image.open(tmp_path / "summary.png") as im:
+        assert im.format == "PNG" and im.size[1] > 600  # two panels: by setting, and against mismatch
+    (tmp_path / "runs" / "mixmatch" / "d.1@30-100" / "accuracy.json").unlink()
+    with pytest.raises(RealmixError, match="accuracy.json: missing"):
+        write_summary(runs, tmp_path / "runs", tmp_path)
+    with pytest.raises(RealmixError, match="no runs are planned"):
+        write_summary([], tmp_path / "runs", tmp_path)
+
+
+def test_planned_runs_follow_the_train_matrices():
+    p = parse({"split": {"seeds": [1, 2], "sizes": [30], "nvalid": 100}, "preaugment": {"copies": [10]},
+               "mismatch": {"name": "digits6", "levels": [0, 100], "size": 30},
+               "train": {"algorithms": ["supervised", "mixmatch"], "aug_algorithms": ["realmix"],
+                         "mismatch_algorithms": ["supervised"], "mismatch_aug_algorithms": ["realmix"]}})
+    runs = pipeline.planned_runs(p)
+    assert [(r.algorithm, r.data) for r in runs if r.seed == 1] == [
+        ("supervised", "digits.1@30-100"), ("mixmatch", "digits.1@30-100"), ("realmix", "digits_aug10.1@30-100"),
+        ("supervised", "digits6_mismatch0.1@30-100"), ("realmix", "digits6_mismatch0_aug10.1@30-100"),
+        ("supervised", "digits6_mismatch100.1@30-100"), ("realmix", "digits6_mismatch100_aug10.1@30-100")]
+    assert len(runs) == 14
+    r = next(r for r in runs if r.data == "digits6_mismatch100_aug10.2@30-100")
+    assert (r.setting, r.mismatch, r.copies, r.seed) == ("digits6_mismatch100_aug10@30-100", 100, 10, 2)
