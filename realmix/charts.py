@@ -46,7 +46,7 @@ def training_curves(history: Sequence[dict[str, float]], path: str | os.PathLike
                     linestyle="--" if key.startswith("raw") else "-")
     ax.set_xlabel("training kimg (1 kimg = 1024 labelled images)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 102)  # 100 % stays visible
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if history:
@@ -71,8 +71,8 @@ def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
                       color=[f"C{sorted({r['algorithm'] for r in plain}).index(r['algorithm'])}" for r in plain])
         for bar, r in zip(bars, plain, strict=True):
             text = "n/a" if r["last20"] is None else f"{r['last20']:.1f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        xytext=(0, 3), textcoords="offset points", fontsize=8)
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom",  # clear of the
+                        xytext=(0, 4), textcoords="offset points", fontsize=9, color="white")  # error bar
         ax.set_xticks(range(len(plain)), labels, fontsize=7)
         ax.set_ylabel("test accuracy (%), median of last 20")
         ax.set_ylim(0, 105)

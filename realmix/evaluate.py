@@ -37,7 +37,7 @@ def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
     out: dict[str, Any] = {"evaluations": len(acc)}
     for n in LAST:
         out[f"last{n:02d}"] = float(np.median(acc[-n:])) if len(acc) >= n else None
-    out["error"] = None if out["last20"] is None else 100.0 - out["last20"]
+    out["error"] = None if out["last20"] is None else round(100.0 - out["last20"], 6)  # no 9.0999999...
     return out
 
 

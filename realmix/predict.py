@@ -10,7 +10,8 @@ model's input like the training data, `CHUNK` images at a time so memory stays b
 (`path,reason`). All outputs are renamed into place together at the end, so an error leaves none of them.
 
 True classes, for an accuracy: an image's first folder under the image folder when that is one of the model's
-classes (`c1/x.png`), else the seed's `{n}_{class}` file name (`7_c1.png`); nothing under `unlabeled/`.
+classes (`c1/x.png`), else its parent folder (the seed's `test/c1/x.png`), else the seed's `{n}_{class}` file
+name (`7_c1.png`); nothing under `unlabeled/`.
 """
 
 from __future__ import annotations

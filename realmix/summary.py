@@ -52,7 +52,8 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
         rows.append({
             "algorithm": algorithm, "setting": setting, "mismatch": members[0].mismatch,
             "copies": members[0].copies, "seeds": [r.seed for r in members], "runs": len(values),
-            "last20": mean, "last20_std": std, "error": None if mean is None else 100.0 - mean, "error_std": std,
+            "last20": mean, "last20_std": std, "error": None if mean is None else round(100.0 - mean, 6),
+            "error_std": std,
             "missing": [r.data for r in members if medians[r].get("last20") is None],
             "evaluations": min(medians[r].get("evaluations", 0) for r in members),
         })
