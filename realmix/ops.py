@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from .params import MIXMODES, TSA
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
-           "mixmode", "mixup_lambdas", "ood_percentile_mask", "ood_threshold_mask", "sharpen", "smooth_labels",
-           "tsa_mask", "tsa_threshold"]
+           "mix_reversed", "mixmode", "mixup_lambdas", "ood_percentile_mask", "ood_threshold_mask", "sharpen",
+           "smooth_labels", "tsa_mask", "tsa_threshold"]
 
 
 # -- label guessing --------------------------------------------------------------------------------------
@@ -53,6 +53,14 @@ def mix_pair(x0: Tensor, l0: Tensor, x1: Tensor, l1: Tensor, beta: float,
     lx = lam.view(-1, *([1] * (x0.ndim - 1)))
     ll = lam.view(-1, 1)
     return torch.lerp(x1[perm], x0, lx), torch.lerp(l1[perm], l0, ll)
+
+
+def mix_reversed(x: Tensor, labels: Tensor, beta: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """MixUp with the reversed batch as partner (the original fs_mixup / ICT / SSL MixUp): row i mixed with row
+    n-1-i, per-example lambda ~ Beta(beta, beta) replaced by max(lambda, 1 - lambda)."""
+    lam = torch.from_numpy(mixup_lambdas(len(x), beta, rng)).to(x.device, non_blocking=True)
+    lx = lam.view(-1, *([1] * (x.ndim - 1)))
+    return torch.lerp(x.flip(0), x, lx), torch.lerp(labels.flip(0), labels, lam.view(-1, 1))
 
 
 def mixmode(xs: Sequence[Tensor], ls: Sequence[Tensor], beta: float, mode: str,

@@ -151,7 +151,7 @@ class PreaugmentParams:
             raise RealmixError(f"params: preaugment.shard_size={self.shard_size} must be >= 1")
 
 
-ALGORITHMS = ("supervised", "mixmatch", "realmix")
+ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mixmatch", "realmix")
 TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
 MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
 
@@ -251,6 +251,51 @@ class SupervisedParams:
 
 
 @dataclass(frozen=True)
+class SupervisedMixUpParams:
+    """`supervised_mixup`: the original fs_mixup, cross-entropy on labelled images MixUp-ed with the reversed batch."""
+
+    beta: float = 0.5  # MixUp Beta(beta, beta); lambda = max(lambda, 1 - lambda) per example
+
+    def validate(self) -> None:
+        if not self.beta > 0:
+            raise RealmixError(f"params: supervised_mixup.beta={self.beta} must be > 0")
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    """Shared by the consistency baselines: the unlabelled loss weight ramps up linearly over the first
+    `warmup_pos` fraction of training (the original's warmup_pos 0.4)."""
+
+    consistency: float = 10.0  # weight of the unlabelled loss
+    warmup_pos: float = 0.4
+
+    def validate(self) -> None:
+        where = _SECTION_OF[type(self)]
+        if not self.consistency >= 0:
+            raise RealmixError(f"params: {where}.consistency={self.consistency} must be >= 0")
+        if not 0 < self.warmup_pos <= 1:
+            raise RealmixError(f"params: {where}.warmup_pos={self.warmup_pos} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class PiModelParams(ConsistencyParams):
+    """`pi_model`: cross-entropy + consistency x MSE between the softmax of two views (one without gradient)."""
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams(ConsistencyParams):
+    """`pseudo_label`: cross-entropy + consistency x CE on confident unlabelled predictions (argmax as label)."""
+
+    consistency: float = 1.0
+    threshold: float = 0.95  # an unlabelled row counts when its max probability is above this
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.threshold < 1:
+            raise RealmixError(f"params: pseudo_label.threshold={self.threshold} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class MixMatchParams:
     """`mixmatch`: label guessing over nu views, sharpening, MixUp, interleaved BN, L2 consistency."""
 
@@ -307,9 +352,13 @@ SECTIONS: dict[str, type] = {
     "model": ModelParams,
     "train": TrainParams,
     "supervised": SupervisedParams,
+    "supervised_mixup": SupervisedMixUpParams,
+    "pi_model": PiModelParams,
+    "pseudo_label": PseudoLabelParams,
     "mixmatch": MixMatchParams,
     "realmix": RealMixParams,
 }
+_SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 # Top-level scalar keys (swept verbatim: `dvc exp run -S tsa=linear_schedule`) and their defaults.
 SCALARS: dict[str, tuple[Any, Any]] = {
     "tsa": (Literal["none", "linear_schedule", "exp_schedule", "log_schedule"], "none"),
@@ -326,6 +375,9 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
+    supervised_mixup: SupervisedMixUpParams = field(default_factory=SupervisedMixUpParams)
+    pi_model: PiModelParams = field(default_factory=PiModelParams)
+    pseudo_label: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     mixmatch: MixMatchParams = field(default_factory=MixMatchParams)
     realmix: RealMixParams = field(default_factory=RealMixParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from .base import Algorithm, Batch, Progress, StepOut
+from .baselines import PiModel, PseudoLabel, SupervisedMixUp
 from .mixmatch import MixMatch
 from .realmix import RealMix
 from .supervised import Supervised
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"supervised": Supervised, "mixmatch": MixMatch, "realmix": RealMix}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MixMatch, RealMix)}
 
 __all__ = ["ALGORITHMS", "Algorithm", "Batch", "Progress", "StepOut", "build_algorithm"]
 

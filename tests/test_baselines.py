@@ -1,0 +1,133 @@
+"""The teacher-free baselines: supervised MixUp, Pi-model, Pseudo-label (method reference §E)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from realmix.algorithms import Progress, build_algorithm
+from realmix.errors import RealmixError
+from realmix.ops import mix_reversed, mixup_lambdas
+from realmix.params import PiModelParams, PseudoLabelParams, SupervisedMixUpParams, parse
+from tests.test_algorithms import B, K, bn_buffers, tiny, toy_batch
+
+PARAMS = {
+    "supervised_mixup": SupervisedMixUpParams(beta=0.5),
+    "pi_model": PiModelParams(consistency=10.0, warmup_pos=0.4),
+    "pseudo_label": PseudoLabelParams(consistency=1.0, threshold=0.5, warmup_pos=0.4),
+}
+
+
+def step_loss(name, model, batch, images=10_000, total=10_000, seed=123):
+    """The step's loss at fixed draws, on a copy of `model` (no update)."""
+    algo = build_algorithm(name, PARAMS[name], num_classes=K, rng=np.random.default_rng(seed))
+    with torch.no_grad():
+        return algo.train_step(copy.deepcopy(model).train(), batch, Progress(images, total))
+
+
+def test_mix_reversed_hand_worked():
+    x = torch.arange(4.0).view(4, 1)
+    labels = torch.eye(4)
+    x_mixed, l_mixed = mix_reversed(x, labels, 0.5, np.random.default_rng(3))
+    lam = torch.from_numpy(mixup_lambdas(4, 0.5, np.random.default_rng(3)))
+    assert (lam >= 0.5).all()
+    own, partner = torch.tensor([0.0, 1, 2, 3]), torch.tensor([3.0, 2, 1, 0])
+    torch.testing.assert_close(x_mixed[:, 0], lam * own + (1 - lam) * partner)
+    torch.testing.assert_close(l_mixed[0], torch.tensor([lam[0], 0, 0, 1 - lam[0]]))
+    torch.testing.assert_close(l_mixed.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_a_few_adam_steps_reduce_the_loss(name):
+    torch.manual_seed(0)
+    model = tiny().train()
+    batch = toy_batch()
+    algo = build_algorithm(name, PARAMS[name], num_classes=K, rng=np.random.default_rng(0))
+    assert algo.views == {"supervised_mixup": 0, "pi_model": 2, "pseudo_label": 1}[name]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = step_loss(name, model, batch).loss.item()
+    for _ in range(20):
+        out = algo.train_step(model, batch, Progress(10_000, 10_000))
+        assert out.loss.ndim == 0 and out.loss.requires_grad
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    after = step_loss(name, model, batch).loss.item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_supervised_mixup_trains_on_reversed_batch_mixes():
+    model = tiny().train()
+    batch = toy_batch()
+    out = step_loss("supervised_mixup", model, batch, seed=5)
+    x, t = mix_reversed(batch.x, torch.nn.functional.one_hot(batch.y, K).float(), 0.5, np.random.default_rng(5))
+    with torch.no_grad():
+        expected = -(t * copy.deepcopy(model).train()(x).log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("name", ["pi_model", "pseudo_label"])
+def test_consistency_weight_ramps_over_warmup_pos_and_only_labelled_forward_updates_bn(name):
+    model = tiny(momentum=0.5).train()
+    batch = toy_batch()
+    algo = build_algorithm(name, PARAMS[name], num_classes=K, rng=np.random.default_rng(0))
+    ref = copy.deepcopy(model)
+    out = algo.train_step(model, batch, Progress(1000, 10_000))  # 10 % of training, warmup over 40 %
+    assert out.logs["w_consistency"] == pytest.approx(PARAMS[name].consistency * 0.25)
+    torch.testing.assert_close(out.loss.detach(), out.logs["loss_x"] + out.logs["w_consistency"] * out.logs["loss_u"])
+    with torch.no_grad():
+        ref(batch.x)  # the labelled forward alone
+    for k, v in bn_buffers(ref).items():
+        torch.testing.assert_close(bn_buffers(model)[k], v, msg=k)
+    assert step_loss(name, model, batch, images=0).logs["w_consistency"] == 0.0
+    assert step_loss(name, model, batch, images=9000).logs["w_consistency"] == PARAMS[name].consistency
+
+
+def test_pi_model_target_view_gets_no_gradient():
+    model = tiny().train()
+    batch = toy_batch()
+    u0 = batch.u[0].clone().requires_grad_(True)
+    u1 = batch.u[1].clone().requires_grad_(True)
+    algo = build_algorithm("pi_model", PARAMS["pi_model"], num_classes=K, rng=np.random.default_rng(0))
+    loss_u, _ = algo.unsupervised(model, (u0, u1))
+    loss_u.backward()
+    assert u0.grad is None and u1.grad is not None and u1.grad.abs().sum() > 0
+    with torch.no_grad():
+        expected = (model(batch.u[0]).softmax(-1) - model(batch.u[1]).softmax(-1)).square().mean()
+    torch.testing.assert_close(loss_u.detach(), expected)
+
+
+def test_pseudo_label_threshold_mask():
+    model = tiny().train()
+    batch = toy_batch()
+    with torch.no_grad():
+        probs = copy.deepcopy(model).train()(batch.u[0]).softmax(-1)
+    conf = probs.max(-1).values
+    thr = float(conf.median())  # about half the rows are above it
+    params = PseudoLabelParams(consistency=1.0, threshold=thr)
+    algo = build_algorithm("pseudo_label", params, num_classes=K, rng=np.random.default_rng(0))
+    loss_u, logs = algo.unsupervised(copy.deepcopy(model).train(), batch.u[:1])
+    keep = (conf > thr).float()
+    assert 0 < keep.sum() < B and float(logs["pseudo_kept"]) == pytest.approx(keep.mean().item())
+    ce = torch.nn.functional.cross_entropy(probs.log(), probs.argmax(-1), reduction="none")
+    torch.testing.assert_close(loss_u.detach(), (ce * keep).mean(), rtol=1e-4, atol=1e-6)
+    nothing = build_algorithm("pseudo_label", PseudoLabelParams(threshold=0.999), num_classes=K,
+                              rng=np.random.default_rng(0))
+    loss_u, logs = nothing.unsupervised(copy.deepcopy(model).train(), batch.u[:1])
+    assert float(logs["pseudo_kept"]) == 0.0 and loss_u.item() == 0.0
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"pseudo_label": {"threshold": 1.0}}, "pseudo_label.threshold=1.0 must be in [0, 1)"),
+    ({"pi_model": {"warmup_pos": 0}}, "pi_model.warmup_pos=0.0 must be in (0, 1]"),
+    ({"pi_model": {"consistancy": 3}}, "consistency"),
+    ({"supervised_mixup": {"beta": 0}}, "supervised_mixup.beta=0.0 must be > 0"),
+    ({"train": {"algorithms": ["pseudolabel"]}}, "did you mean 'pseudo_label'"),
+])
+def test_bad_baseline_params(over, message):
+    with pytest.raises(RealmixError) as e:
+        parse(over)
+    assert message in str(e.value)
