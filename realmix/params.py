@@ -151,7 +151,8 @@ class PreaugmentParams:
             raise RealmixError(f"params: preaugment.shard_size={self.shard_size} must be >= 1")
 
 
-ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mixmatch", "realmix")
+ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "mixmatch",
+              "realmix")
 TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
 MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
 
@@ -296,6 +297,27 @@ class PseudoLabelParams(ConsistencyParams):
 
 
 @dataclass(frozen=True)
+class MeanTeacherParams(ConsistencyParams):
+    """`mean_teacher`: cross-entropy + consistency x MSE between the EMA teacher's and the model's softmax."""
+
+    consistency: float = 50.0
+
+
+@dataclass(frozen=True)
+class ICTParams(ConsistencyParams):
+    """`ict`: interpolation consistency: the model on MixUp-ed unlabelled images against the MixUp of the EMA
+    teacher's predictions (reversed-batch partners)."""
+
+    consistency: float = 50.0
+    beta: float = 0.5  # MixUp Beta(beta, beta); lambda = max(lambda, 1 - lambda) per example
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.beta > 0:
+            raise RealmixError(f"params: ict.beta={self.beta} must be > 0")
+
+
+@dataclass(frozen=True)
 class MixMatchParams:
     """`mixmatch`: label guessing over nu views, sharpening, MixUp, interleaved BN, L2 consistency."""
 
@@ -355,6 +377,8 @@ SECTIONS: dict[str, type] = {
     "supervised_mixup": SupervisedMixUpParams,
     "pi_model": PiModelParams,
     "pseudo_label": PseudoLabelParams,
+    "mean_teacher": MeanTeacherParams,
+    "ict": ICTParams,
     "mixmatch": MixMatchParams,
     "realmix": RealMixParams,
 }
@@ -378,6 +402,8 @@ class Params:
     supervised_mixup: SupervisedMixUpParams = field(default_factory=SupervisedMixUpParams)
     pi_model: PiModelParams = field(default_factory=PiModelParams)
     pseudo_label: PseudoLabelParams = field(default_factory=PseudoLabelParams)
+    mean_teacher: MeanTeacherParams = field(default_factory=MeanTeacherParams)
+    ict: ICTParams = field(default_factory=ICTParams)
     mixmatch: MixMatchParams = field(default_factory=MixMatchParams)
     realmix: RealMixParams = field(default_factory=RealMixParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule

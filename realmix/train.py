@@ -105,6 +105,7 @@ class Trainer:
         section = params.algorithm(algorithm)
         self.algo: Algorithm = build_algorithm(algorithm, section, num_classes=self.num_classes,
                                                rng=np.random.default_rng(mix), tsa=params.tsa)
+        self.algo.teacher = self.ema.model
         try:
             self.algo.check_batch(self.batch)
         except ValueError as e:

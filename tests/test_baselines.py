@@ -1,4 +1,4 @@
-"""The teacher-free baselines: supervised MixUp, Pi-model, Pseudo-label (method reference §E)."""
+"""The baselines of the original: supervised MixUp, Pi-model, Pseudo-label, Mean Teacher, ICT (reference §E)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from realmix.algorithms import Progress, build_algorithm
+from realmix.ema import EMA
 from realmix.errors import RealmixError
 from realmix.ops import mix_reversed, mixup_lambdas
-from realmix.params import PiModelParams, PseudoLabelParams, SupervisedMixUpParams, parse
+from realmix.params import ICTParams, MeanTeacherParams, PiModelParams, PseudoLabelParams, SupervisedMixUpParams, parse
 from tests.test_algorithms import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
@@ -131,3 +132,71 @@ def test_bad_baseline_params(over, message):
     with pytest.raises(RealmixError) as e:
         parse(over)
     assert message in str(e.value)
+
+
+# -- teacher methods ---------------------------------------------------------------------------------------
+TEACHER_PARAMS = {"mean_teacher": MeanTeacherParams(consistency=10.0), "ict": ICTParams(consistency=10.0, beta=0.5)}
+
+
+def with_teacher(name, model, seed=0, decay_from=None):
+    algo = build_algorithm(name, TEACHER_PARAMS[name], num_classes=K, rng=np.random.default_rng(seed))
+    algo.teacher = copy.deepcopy(decay_from if decay_from is not None else model).eval()
+    return algo
+
+
+@pytest.mark.parametrize("name", list(TEACHER_PARAMS))
+def test_teacher_methods_reduce_the_loss(name):
+    torch.manual_seed(0)
+    model = tiny().train()
+    batch = toy_batch()
+    algo = with_teacher(name, model)
+    ema = EMA(model, 0.5, warmup=False)
+    algo.teacher = ema.model
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def loss_now():
+        probe = with_teacher(name, model, seed=123)
+        probe.teacher = copy.deepcopy(ema.model)
+        with torch.no_grad():
+            return probe.train_step(copy.deepcopy(model).train(), batch, Progress(10_000, 10_000)).loss.item()
+
+    before = loss_now()
+    for _ in range(20):
+        out = algo.train_step(model, batch, Progress(10_000, 10_000))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        ema.update()
+    assert loss_now() < 0.8 * before
+
+
+@pytest.mark.parametrize("name", list(TEACHER_PARAMS))
+def test_teacher_is_the_ema_model_in_train_mode_untouched(name):
+    student = tiny(seed=0, momentum=0.5).train()
+    teacher = tiny(seed=1, momentum=0.5).eval()  # different weights: the target must come from these
+    algo = with_teacher(name, student, decay_from=teacher)
+    before = {k: v.clone() for k, v in algo.teacher.state_dict().items()}
+    batch = toy_batch()
+    u = batch.u[0]
+    loss_u, _ = algo.unsupervised(student, batch.u)
+    assert not algo.teacher.training  # mode restored
+    after = algo.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no running-statistic update, no change
+    with torch.no_grad():
+        target = copy.deepcopy(teacher).train()(u).softmax(-1)  # train mode: batch statistics
+    if name == "mean_teacher":
+        with torch.no_grad():
+            expected = (target - copy.deepcopy(student).train()(batch.u[1]).softmax(-1)).square().mean()
+    else:  # ICT: the same reversed-batch mix of inputs and of teacher predictions
+        mixed_u, mixed_t = mix_reversed(u, target, 0.5, np.random.default_rng(0))
+        with torch.no_grad():
+            expected = (mixed_t - copy.deepcopy(student).train()(mixed_u).softmax(-1)).square().mean()
+    torch.testing.assert_close(loss_u.detach(), expected, rtol=1e-5, atol=1e-7)
+    assert loss_u.requires_grad  # the student side carries the gradient, the teacher side does not
+    assert all(p.grad is None for p in algo.teacher.parameters())
+
+
+def test_teacher_methods_need_a_teacher():
+    algo = build_algorithm("mean_teacher", MeanTeacherParams(), num_classes=K, rng=np.random.default_rng(0))
+    with pytest.raises(RuntimeError, match="EMA teacher"):
+        algo.train_step(tiny(), toy_batch(), Progress(0, 100))

@@ -53,8 +53,8 @@ def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("algorithm", ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mixmatch",
-                                       "realmix"])
+@pytest.mark.parametrize("algorithm", ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher",
+                                       "ict", "mixmatch", "realmix"])
 def test_fit_writes_model_logs_and_checkpoints(tmp_path, store, algorithm):
     p = tiny_params(tsa="linear_schedule")
     out = tmp_path / "run"

@@ -20,9 +20,10 @@ from .baselines import PiModel, PseudoLabel, SupervisedMixUp
 from .mixmatch import MixMatch
 from .realmix import RealMix
 from .supervised import Supervised
+from .teachers import ICT, MeanTeacher
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MixMatch, RealMix)}
+    cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MeanTeacher, ICT, MixMatch, RealMix)}
 
 __all__ = ["ALGORITHMS", "Algorithm", "Batch", "Progress", "StepOut", "build_algorithm"]
 

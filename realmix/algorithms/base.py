@@ -51,6 +51,8 @@ class Algorithm:
         self.num_classes = num_classes
         self.rng = rng  # MixUp lambdas and partners; its state is checkpointed by the loop
         self.tsa = tsa
+        # the EMA of the model's weights (BN buffers copied from the model), set by the loop; teacher methods read it
+        self.teacher: nn.Module | None = None
 
     def check_batch(self, batch_size: int) -> None:
         """Raise ValueError when the batch size cannot work with this algorithm."""
