@@ -151,8 +151,8 @@ class PreaugmentParams:
             raise RealmixError(f"params: preaugment.shard_size={self.shard_size} must be >= 1")
 
 
-ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "mixmatch",
-              "realmix")
+ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
+              "mixmatch", "realmix")
 TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
 MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
 
@@ -318,6 +318,35 @@ class ICTParams(ConsistencyParams):
 
 
 @dataclass(frozen=True)
+class VATParams(ConsistencyParams):
+    """`vat`: cross-entropy + consistency x KL between the predictions on u and on u + r_adv (one power iteration)
+    + entmin x the entropy of the predictions on u."""
+
+    consistency: float = 0.3  # the original's `vat` weight
+    eps: float = 6.0  # size (L2) of the adversarial perturbation, in [-1, 1] image units
+    xi: float = 1e-6  # size of the probe perturbation of the power iteration
+    entmin: float = 0.06  # weight of the entropy minimisation term
+    kl: Literal["published", "original"] = "published"  # published: KL(p(u) || p(u + r)); original: reversed
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.eps > 0 and self.xi > 0 and self.entmin >= 0):
+            raise RealmixError("params: vat.eps and vat.xi must be > 0 and vat.entmin >= 0")
+
+
+@dataclass(frozen=True)
+class SSLMixUpParams:
+    """`mixup`: the original SSL MixUp: CE on MixUp-ed labelled images + CE on MixUp-ed unlabelled images against
+    the same MixUp of the model's own (no-gradient) predictions; reversed-batch partners."""
+
+    beta: float = 0.5
+
+    def validate(self) -> None:
+        if not self.beta > 0:
+            raise RealmixError(f"params: mixup.beta={self.beta} must be > 0")
+
+
+@dataclass(frozen=True)
 class MixMatchParams:
     """`mixmatch`: label guessing over nu views, sharpening, MixUp, interleaved BN, L2 consistency."""
 
@@ -379,6 +408,8 @@ SECTIONS: dict[str, type] = {
     "pseudo_label": PseudoLabelParams,
     "mean_teacher": MeanTeacherParams,
     "ict": ICTParams,
+    "vat": VATParams,
+    "mixup": SSLMixUpParams,
     "mixmatch": MixMatchParams,
     "realmix": RealMixParams,
 }
@@ -404,6 +435,8 @@ class Params:
     pseudo_label: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     mean_teacher: MeanTeacherParams = field(default_factory=MeanTeacherParams)
     ict: ICTParams = field(default_factory=ICTParams)
+    vat: VATParams = field(default_factory=VATParams)
+    mixup: SSLMixUpParams = field(default_factory=SSLMixUpParams)
     mixmatch: MixMatchParams = field(default_factory=MixMatchParams)
     realmix: RealMixParams = field(default_factory=RealMixParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule

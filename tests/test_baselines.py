@@ -12,7 +12,16 @@ from realmix.algorithms import Progress, build_algorithm
 from realmix.ema import EMA
 from realmix.errors import RealmixError
 from realmix.ops import mix_reversed, mixup_lambdas
-from realmix.params import ICTParams, MeanTeacherParams, PiModelParams, PseudoLabelParams, SupervisedMixUpParams, parse
+from realmix.params import (
+    ICTParams,
+    MeanTeacherParams,
+    PiModelParams,
+    PseudoLabelParams,
+    SSLMixUpParams,
+    SupervisedMixUpParams,
+    VATParams,
+    parse,
+)
 from tests.test_algorithms import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
@@ -200,3 +209,75 @@ def test_teacher_methods_need_a_teacher():
     algo = build_algorithm("mean_teacher", MeanTeacherParams(), num_classes=K, rng=np.random.default_rng(0))
     with pytest.raises(RuntimeError, match="EMA teacher"):
         algo.train_step(tiny(), toy_batch(), Progress(0, 100))
+
+
+# -- VAT and SSL MixUp ---------------------------------------------------------------------------------------
+def test_vat_and_ssl_mixup_reduce_the_loss():
+    for name, p in (("vat", VATParams(consistency=1.0, eps=1.0)), ("mixup", SSLMixUpParams(beta=0.5))):
+        torch.manual_seed(0)
+        model = tiny().train()
+        batch = toy_batch()
+        algo = build_algorithm(name, p, num_classes=K, rng=np.random.default_rng(0))
+        assert algo.views == 1
+
+        def loss_now(p=p, name=name, model=model, batch=batch):
+            probe = build_algorithm(name, p, num_classes=K, rng=np.random.default_rng(123))
+            return probe.train_step(copy.deepcopy(model).train(), batch, Progress(10_000, 10_000)).loss.item()
+
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        before = loss_now()
+        for _ in range(20):
+            out = algo.train_step(model, batch, Progress(10_000, 10_000))
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        assert loss_now() < 0.8 * before, name
+
+
+def test_vat_adversarial_direction_beats_random_directions():
+    model = tiny().train()
+    u = toy_batch(b=16).u[0]
+    algo = build_algorithm("vat", VATParams(xi=1e-3), num_classes=K, rng=np.random.default_rng(0))
+    with torch.no_grad():
+        logits = model(u)
+    r = algo.adversarial_direction(model, u, logits)
+    torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.ones(16), atol=1e-3, rtol=0)
+
+    def kl_at(direction):
+        with torch.no_grad():
+            return algo.divergence(logits, model(u + 0.5 * direction)).mean().item()
+
+    g = torch.Generator().manual_seed(0)
+    randoms = [kl_at(torch.nn.functional.normalize(torch.randn(u.shape, generator=g).flatten(1)).view_as(u))
+               for _ in range(5)]
+    assert kl_at(r) > 2 * max(randoms), (kl_at(r), randoms)
+    # the default probe size still gives a finite unit direction
+    default = build_algorithm("vat", VATParams(), num_classes=K, rng=np.random.default_rng(0))
+    r = default.adversarial_direction(model, u, logits)
+    assert torch.isfinite(r).all() and torch.allclose(r.flatten(1).norm(dim=1), torch.ones(16), atol=1e-3)
+
+
+def test_vat_kl_direction_switch():
+    clean, perturbed = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p, q = clean.softmax(-1), perturbed.softmax(-1)
+    published = build_algorithm("vat", VATParams(kl="published"), num_classes=K, rng=np.random.default_rng(0))
+    original = build_algorithm("vat", VATParams(kl="original"), num_classes=K, rng=np.random.default_rng(0))
+    torch.testing.assert_close(published.divergence(clean, perturbed), (p * (p / q).log()).sum(-1))
+    torch.testing.assert_close(original.divergence(clean, perturbed), (q * (q / p).log()).sum(-1))
+
+
+def test_ssl_mixup_mixes_unlabelled_images_with_their_own_guesses():
+    model = tiny().train()
+    batch = toy_batch()
+    algo = build_algorithm("mixup", SSLMixUpParams(beta=0.5), num_classes=K, rng=np.random.default_rng(4))
+    out = algo.train_step(copy.deepcopy(model).train(), batch, Progress(0, 100))
+    ref = copy.deepcopy(model).train()
+    rng = np.random.default_rng(4)
+    with torch.no_grad():
+        guess = ref(batch.u[0]).softmax(-1)
+        x, lx = mix_reversed(batch.x, torch.nn.functional.one_hot(batch.y, K).float(), 0.5, rng)
+        mu, lu = mix_reversed(batch.u[0], guess, 0.5, rng)
+        loss_x = -(lx * ref(x).log_softmax(-1)).sum(-1).mean()
+        loss_u = -(lu * ref(mu).log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(out.logs["loss_x"], loss_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logs["loss_u"], loss_u, rtol=1e-5, atol=1e-6)

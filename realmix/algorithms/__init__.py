@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from .base import Algorithm, Batch, Progress, StepOut
-from .baselines import PiModel, PseudoLabel, SupervisedMixUp
+from .baselines import VAT, PiModel, PseudoLabel, SSLMixUp, SupervisedMixUp
 from .mixmatch import MixMatch
 from .realmix import RealMix
 from .supervised import Supervised
 from .teachers import ICT, MeanTeacher
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MeanTeacher, ICT, MixMatch, RealMix)}
+    cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MeanTeacher, ICT, VAT, SSLMixUp,
+                              MixMatch, RealMix)}
 
 __all__ = ["ALGORITHMS", "Algorithm", "Batch", "Progress", "StepOut", "build_algorithm"]
 
