@@ -38,6 +38,21 @@ def step_loss(name, model, batch, images=10_000, total=10_000, seed=123):
         return algo.train_step(copy.deepcopy(model).train(), batch, Progress(images, total))
 
 
+def assert_steps_reduce_loss(algo, model, batch, loss_now, after_step=lambda: None, steps=20):
+    """`steps` Adam steps of `algo` on one batch bring `loss_now()` below 0.8 x its value before."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = loss_now()
+    for _ in range(steps):
+        out = algo.train_step(model, batch, Progress(10_000, 10_000))
+        assert out.loss.ndim == 0 and out.loss.requires_grad
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        after_step()
+    after = loss_now()
+    assert after < 0.8 * before, (algo.name, before, after)
+
+
 def test_mix_reversed_hand_worked():
     x = torch.arange(4.0).view(4, 1)
     labels = torch.eye(4)
@@ -57,16 +72,7 @@ def test_a_few_adam_steps_reduce_the_loss(name):
     batch = toy_batch()
     algo = build_algorithm(name, PARAMS[name], num_classes=K, rng=np.random.default_rng(0))
     assert algo.views == {"supervised_mixup": 0, "pi_model": 2, "pseudo_label": 1}[name]
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    before = step_loss(name, model, batch).loss.item()
-    for _ in range(20):
-        out = algo.train_step(model, batch, Progress(10_000, 10_000))
-        assert out.loss.ndim == 0 and out.loss.requires_grad
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    after = step_loss(name, model, batch).loss.item()
-    assert after < 0.8 * before, (before, after)
+    assert_steps_reduce_loss(algo, model, batch, lambda: step_loss(name, model, batch).loss.item())
 
 
 def test_supervised_mixup_trains_on_reversed_batch_mixes():
@@ -161,7 +167,6 @@ def test_teacher_methods_reduce_the_loss(name):
     algo = with_teacher(name, model)
     ema = EMA(model, 0.5, warmup=False)
     algo.teacher = ema.model
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def loss_now():
         probe = with_teacher(name, model, seed=123)
@@ -169,14 +174,7 @@ def test_teacher_methods_reduce_the_loss(name):
         with torch.no_grad():
             return probe.train_step(copy.deepcopy(model).train(), batch, Progress(10_000, 10_000)).loss.item()
 
-    before = loss_now()
-    for _ in range(20):
-        out = algo.train_step(model, batch, Progress(10_000, 10_000))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        ema.update()
-    assert loss_now() < 0.8 * before
+    assert_steps_reduce_loss(algo, model, batch, loss_now, after_step=ema.update)
 
 
 @pytest.mark.parametrize("name", list(TEACHER_PARAMS))
@@ -224,14 +222,7 @@ def test_vat_and_ssl_mixup_reduce_the_loss():
             probe = build_algorithm(name, p, num_classes=K, rng=np.random.default_rng(123))
             return probe.train_step(copy.deepcopy(model).train(), batch, Progress(10_000, 10_000)).loss.item()
 
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        before = loss_now()
-        for _ in range(20):
-            out = algo.train_step(model, batch, Progress(10_000, 10_000))
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-        assert loss_now() < 0.8 * before, name
+        assert_steps_reduce_loss(algo, model, batch, loss_now)
 
 
 def test_vat_adversarial_direction_beats_random_directions():
