@@ -394,26 +394,6 @@ class RealMixParams(MixMatchParams):
             raise RealmixError(f"params: realmix.ood_threshold={self.ood_threshold} must be in [0, 1)")
 
 
-SECTIONS: dict[str, type] = {
-    "dataset": DatasetParams,
-    "rename": RenameParams,
-    "split": SplitParams,
-    "mismatch": MismatchParams,
-    "preaugment": PreaugmentParams,
-    "model": ModelParams,
-    "train": TrainParams,
-    "supervised": SupervisedParams,
-    "supervised_mixup": SupervisedMixUpParams,
-    "pi_model": PiModelParams,
-    "pseudo_label": PseudoLabelParams,
-    "mean_teacher": MeanTeacherParams,
-    "ict": ICTParams,
-    "vat": VATParams,
-    "mixup": SSLMixUpParams,
-    "mixmatch": MixMatchParams,
-    "realmix": RealMixParams,
-}
-_SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 # Top-level scalar keys (swept verbatim: `dvc exp run -S tsa=linear_schedule`) and their defaults.
 SCALARS: dict[str, tuple[Any, Any]] = {
     "tsa": (Literal["none", "linear_schedule", "exp_schedule", "log_schedule"], "none"),
@@ -451,6 +431,12 @@ class Params:
                 f"params: mismatch.size={self.mismatch.size} is not one of split.sizes={self.split.sizes}; "
                 "the mismatch datasets are cut from that split"
             )
+
+
+# The sections of params.yaml, in file order: every dataclass field of Params that is not a top-level scalar.
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)
+                             if f.name not in SCALARS}
+_SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> RealmixError:
