@@ -241,7 +241,14 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class SupervisedParams:
+class AlgorithmParams:
+    """Keys every algorithm section has."""
+
+    wd: float | None = None  # this algorithm's weight decay; null = train.wd (the original ran MT with 0.2)
+
+
+@dataclass(frozen=True)
+class SupervisedParams(AlgorithmParams):
     """`supervised`: the fully supervised baseline (labelled images only), cross-entropy with label smoothing."""
 
     smoothing: float = 0.001
@@ -252,7 +259,7 @@ class SupervisedParams:
 
 
 @dataclass(frozen=True)
-class SupervisedMixUpParams:
+class SupervisedMixUpParams(AlgorithmParams):
     """`supervised_mixup`: the original fs_mixup, cross-entropy on labelled images MixUp-ed with the reversed batch."""
 
     beta: float = 0.5  # MixUp Beta(beta, beta); lambda = max(lambda, 1 - lambda) per example
@@ -263,7 +270,7 @@ class SupervisedMixUpParams:
 
 
 @dataclass(frozen=True)
-class ConsistencyParams:
+class ConsistencyParams(AlgorithmParams):
     """Shared by the consistency baselines: the unlabelled loss weight ramps up linearly over the first
     `warmup_pos` fraction of training (the original's warmup_pos 0.4)."""
 
@@ -335,7 +342,7 @@ class VATParams(ConsistencyParams):
 
 
 @dataclass(frozen=True)
-class SSLMixUpParams:
+class SSLMixUpParams(AlgorithmParams):
     """`mixup`: the original SSL MixUp: CE on MixUp-ed labelled images + CE on MixUp-ed unlabelled images against
     the same MixUp of the model's own (no-gradient) predictions; reversed-batch partners."""
 
@@ -347,7 +354,7 @@ class SSLMixUpParams:
 
 
 @dataclass(frozen=True)
-class MixMatchParams:
+class MixMatchParams(AlgorithmParams):
     """`mixmatch`: label guessing over nu views, sharpening, MixUp, interleaved BN, L2 consistency."""
 
     beta: float = 0.5  # MixUp Beta(beta, beta)
@@ -425,7 +432,16 @@ class Params:
         """The params section of an algorithm."""
         return getattr(self, name)
 
+    def weight_decay(self, algorithm: str) -> float:
+        """The algorithm's own `wd` where set, else train.wd."""
+        wd = self.algorithm(algorithm).wd
+        return self.train.wd if wd is None else wd
+
     def validate(self) -> None:
+        for name, cls in SECTIONS.items():
+            wd = getattr(self, name).wd if issubclass(cls, AlgorithmParams) else None
+            if wd is not None and not 0 <= wd * self.train.lr < 1:
+                raise RealmixError(f"params: {name}.wd={wd} must be >= 0 with wd * train.lr < 1 (or null for train.wd)")
         if self.mismatch.levels and self.mismatch.size not in self.split.sizes:
             raise RealmixError(
                 f"params: mismatch.size={self.mismatch.size} is not one of split.sizes={self.split.sizes}; "

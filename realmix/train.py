@@ -99,7 +99,7 @@ class Trainer:
                                           foreach=True)
         # decoupled weight decay on conv/dense weights (the original's "kernel" variables), not biases or BN
         self.decay_params = [p for p in self.model.parameters() if p.ndim > 1]
-        self.decay_factor = 1.0 - t.wd * t.lr
+        self.decay_factor = 1.0 - params.weight_decay(algorithm) * t.lr
         self.aug_gen = torch.Generator(self.device).manual_seed(_seed(aug))
 
         section = params.algorithm(algorithm)
