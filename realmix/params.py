@@ -135,6 +135,7 @@ class PreaugmentParams:
     """`preaugment`: offline augmented copies of the unlabelled images (the original make_aug_copy)."""
 
     copies: list[int] = field(default_factory=lambda: [50])  # aug_copy values; [] runs no pre-augmentation
+    mismatch_copies: list[int] = field(default_factory=list)  # the same for each mismatch split
     augment: Literal["cifar10", "svhn", "stl10", "color", "cutout", "none"] = "cifar10"
     keep_originals: bool = True  # also keep each original unlabelled image (the original dropped them)
     seed: int = 1
@@ -142,9 +143,10 @@ class PreaugmentParams:
     shard_size: int = 65536  # images per output shard (bounds memory)
 
     def validate(self) -> None:
-        for c in self.copies:
-            if c < 1:
-                raise RealmixError(f"params: preaugment.copies contains {c}; each copy count must be >= 1")
+        for key in ("copies", "mismatch_copies"):
+            for c in getattr(self, key):
+                if c < 1:
+                    raise RealmixError(f"params: preaugment.{key} contains {c}; each copy count must be >= 1")
         if not 0.0 <= self.cutout_prob <= 1.0:
             raise RealmixError(f"params: preaugment.cutout_prob={self.cutout_prob} must be in [0, 1]")
         if self.shard_size < 1:

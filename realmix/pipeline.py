@@ -148,7 +148,7 @@ def planned_runs(p: Params) -> list[RunRef]:
                 add(t.aug_algorithms, augmented_name(split_name(p, seed, size), copies), copies=copies)
         for level in m.levels:
             add(t.mismatch_algorithms, mismatch_name(p, seed, level), level)
-            for copies in p.preaugment.copies:
+            for copies in p.preaugment.mismatch_copies:
                 add(t.mismatch_aug_algorithms, augmented_name(mismatch_name(p, seed, level), copies), level, copies)
     return runs
 

@@ -76,6 +76,33 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mismatch_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Accuracy vs class-mismatch level: one row per algorithm (and pre-augmentation), one column per level;
+    empty when no mismatch runs are planned."""
+    rows = [r for r in rows if r.get("mismatch") is not None]
+    if not rows:
+        return ""
+    levels = sorted({r["mismatch"] for r in rows})
+    cells: dict[str, dict[int, str]] = {}
+    for r in rows:
+        name = r["algorithm"] + (f" (aug{r['copies']})" if r["copies"] else "")
+        cells.setdefault(name, {})[r["mismatch"]] = _fmt(r["last20"], r["last20_std"])
+    lines = ["| algorithm | " + " | ".join(f"{level} % mismatch" for level in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    lines += [f"| {name} | " + " | ".join(c.get(level, "") for level in levels) + " |" for name, c in cells.items()]
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: Sequence[dict[str, Any]]) -> str:
+    """summary.md: the per-setting table, then the accuracy-vs-mismatch table when mismatch runs exist."""
+    text = markdown_table(rows)
+    pivot = mismatch_table(rows)
+    if pivot:
+        text += ("\nTest accuracy % (median of the last 20 evaluations, mean ± std over seeds) against the share of "
+                 "unlabelled classes that are not labelled classes:\n\n" + pivot)
+    return text
+
+
 def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_dir: str | os.PathLike
                   ) -> list[dict[str, Any]]:
     """Read metrics_dir/<algorithm>/<data>/accuracy.json of every planned run; write out_dir/summary/ (one
@@ -98,6 +125,6 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({k: row[k] for k in keys}, indent=4) + "\n")
-    atomic.write_text(out / "summary.md", markdown_table(rows))
+    atomic.write_text(out / "summary.md", report(rows))
     summary_chart(rows, out / "summary.png")
     return rows

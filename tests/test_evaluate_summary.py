@@ -14,7 +14,7 @@ from realmix import pipeline
 from realmix.errors import RealmixError
 from realmix.evaluate import accuracy_history, evaluate_run, median_accuracies
 from realmix.params import parse
-from realmix.summary import RunRef, aggregate, markdown_table, write_summary
+from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, write_summary
 from realmix.train import Trainer
 from tests.conftest import make_store
 from tests.test_train import store, tiny_params  # noqa: F401  (the `store` fixture)
@@ -118,7 +118,11 @@ def test_write_summary(tmp_path):
     got = json.loads((tmp_path / "summary" / "realmix" / "d6_mismatch100@30-100.json").read_text())
     assert got == {"last20": 54.5, "last20_std": pytest.approx(0.7071067811865476), "error": 45.5,
                    "error_std": pytest.approx(0.7071067811865476), "runs": 2}
-    assert (tmp_path / "summary.md").read_text().count("\n") == 5
+    md = (tmp_path / "summary.md").read_text()
+    assert md.startswith("| algorithm | setting |") and md.count("| realmix | d6_mismatch") == 2
+    # runs 2,3 are realmix at 0 % (52, 53), runs 4,5 at 100 % (54, 55)
+    assert ("| algorithm | 0 % mismatch | 100 % mismatch |\n|---|---|---|\n"
+            "| realmix | 52.50 ± 0.71 | 54.50 ± 0.71 |") in md
     with Image.open(tmp_path / "summary.png") as im:
         assert im.format == "PNG" and im.size[1] > 600  # two panels: by setting, and against mismatch
     (tmp_path / "runs" / "mixmatch" / "d.1@30-100" / "accuracy.json").unlink()
@@ -128,8 +132,21 @@ def test_write_summary(tmp_path):
         write_summary([], tmp_path / "runs", tmp_path)
 
 
+def test_mismatch_table_pivots_levels_per_algorithm():
+    rows = [{"algorithm": a, "mismatch": m, "copies": c, "last20": v, "last20_std": 1.0}
+            for a, m, c, v in [("supervised", 0, None, 70.0), ("supervised", 50, None, 70.0),
+                               ("realmix", 0, 10, 90.0), ("realmix", 50, 10, 85.0), ("mixmatch", 50, None, 60.0),
+                               ("mixmatch", None, None, 99.0)]]  # the last is a plain run: not in the pivot
+    assert mismatch_table(rows).splitlines() == [
+        "| algorithm | 0 % mismatch | 50 % mismatch |", "|---|---|---|",
+        "| supervised | 70.00 ± 1.00 | 70.00 ± 1.00 |", "| realmix (aug10) | 90.00 ± 1.00 | 85.00 ± 1.00 |",
+        "| mixmatch |  | 60.00 ± 1.00 |"]
+    assert mismatch_table(rows[-1:]) == ""
+
+
 def test_planned_runs_follow_the_train_matrices():
-    p = parse({"split": {"seeds": [1, 2], "sizes": [30], "nvalid": 100}, "preaugment": {"copies": [10]},
+    p = parse({"split": {"seeds": [1, 2], "sizes": [30], "nvalid": 100},
+               "preaugment": {"copies": [10], "mismatch_copies": [10]},
                "mismatch": {"name": "digits6", "levels": [0, 100], "size": 30},
                "train": {"algorithms": ["supervised", "mixmatch"], "aug_algorithms": ["realmix"],
                          "mismatch_algorithms": ["supervised"], "mismatch_aug_algorithms": ["realmix"]}})

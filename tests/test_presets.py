@@ -18,10 +18,16 @@ PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
 def test_presets_exist_and_parse():
-    assert {p.name for p in PRESETS} >= {"cifar10.yaml", "svhn.yaml"}
+    assert {p.name for p in PRESETS} >= {"cifar10.yaml", "svhn.yaml", "mismatch_cifar10.yaml", "mismatch_digits.yaml"}
     for path in PRESETS:
         p = params.load(path)
-        assert 250 in p.split.sizes and p.split.nvalid == 5000
+        if p.dataset.source != "digits":
+            assert 250 in p.split.sizes and p.split.nvalid == 5000
+        if path.name.startswith("mismatch_"):  # the study: supervised baseline, MixMatch, RealMix at every level
+            assert p.mismatch.levels == [0, 25, 50, 75, 100] and len(p.split.seeds) >= 3
+            assert p.train.mismatch_algorithms == ["supervised", "mixmatch"]
+            assert p.train.mismatch_aug_algorithms == ["realmix"] and p.preaugment.mismatch_copies
+            assert p.tsa == "linear_schedule" and p.realmix.ood_mask != "none"
 
 
 def toy(path, tmp_path, **split):
@@ -31,7 +37,7 @@ def toy(path, tmp_path, **split):
     data["split"].update(split)
     if data["mismatch"]["levels"]:
         data["mismatch"]["size"] = split["sizes"][0]
-    data["preaugment"]["copies"] = [2]
+    data["preaugment"]["copies"] = data["preaugment"]["mismatch_copies"] = [2]
     data["train"].update(train_kimg=0.125, report_kimg=0.125, progress=False, eval_batch=64)
     return params.parse(data, require_all=True)
 
