@@ -1,0 +1,69 @@
+"""The class-mismatch study preset runs as one `dvc repro` in a temporary repository, at toy size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from realmix import checkpoint as ckpt
+from realmix.store import Store
+from tests.conftest import ROOT, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def study(project):
+    if shutil.which("git") is None:
+        pytest.skip("git is required")
+    data = yaml.safe_load((ROOT / "presets" / "mismatch_digits.yaml").read_text())
+    data["split"]["seeds"] = [1]
+    data["mismatch"]["levels"] = [0, 100]
+    data["preaugment"]["mismatch_copies"] = [2]
+    data["model"].update(filters=4, repeat=1)
+    # 16 steps of batch 16 with an evaluation every step: 20+ evaluations, so the last-20 medians exist
+    data["train"].update(train_kimg=0.3125, report_kimg=0.015625, save_kimg=0.3125, batch=16, threads=1,
+                         progress=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "i"]):
+        run(cmd, project)
+    return project
+
+
+def test_mismatch_study_is_one_repro(study):
+    run(["dvc", "repro"], study)
+    runs = {f"{a}/{d}" for a, d in [("supervised", "digits6_mismatch0.1@30-100"),
+                                    ("supervised", "digits6_mismatch100.1@30-100"),
+                                    ("mixmatch", "digits6_mismatch0.1@30-100"),
+                                    ("mixmatch", "digits6_mismatch100.1@30-100"),
+                                    ("realmix", "digits6_mismatch0_aug2.1@30-100"),
+                                    ("realmix", "digits6_mismatch100_aug2.1@30-100")]}
+    assert {str(p.parent.relative_to(study / "runs")) for p in (study / "runs").glob("*/*/model.pt")} == runs
+
+    # every level shares the labelled, validation and test images; only the unlabelled classes change
+    stores = {lvl: Store.open(study / "data" / "splits" / f"digits6_mismatch{lvl}.1@30-100") for lvl in (0, 100)}
+    for subset in ("label", "valid", "test"):
+        assert np.array_equal(stores[0].subset(subset).images[:], stores[100].subset(subset).images[:])
+    unl = {lvl: set(np.unique(s.subset("unlabel").labels[:]).tolist()) for lvl, s in stores.items()}
+    assert unl[0] == {2, 3, 4, 5} and unl[100] == {-1}  # digits 6-9 are unknown classes at 100 %
+    # so the supervised baseline is the same model at every level
+    sup = [ckpt.load(study / "runs" / r / "model.pt", expect=ckpt.MODEL_FORMAT)["model"]
+           for r in sorted(runs) if r.startswith("supervised/")]
+    assert all(np.array_equal(sup[0][k].numpy(), sup[1][k].numpy()) for k in sup[0])
+
+    md = (study / "metrics" / "summary.md").read_text()
+    pivot = md[md.index("| algorithm | 0 % mismatch | 100 % mismatch |"):].splitlines()
+    assert [line.split(" | ")[0] for line in pivot[2:]] == ["| supervised", "| mixmatch", "| realmix (aug2)"]
+    cells = [c for line in pivot[2:] for c in line.strip("| ").split(" | ")[1:]]
+    assert len(cells) == 6 and all(c.endswith("± 0.00") for c in cells)  # one seed: every median exists
+    assert pivot[2].split(" | ")[1] == pivot[2].split(" | ")[2].rstrip(" |")  # supervised: same at both levels
+    got = json.loads((study / "metrics/summary/realmix/digits6_mismatch100_aug2@30-100.json").read_text())
+    assert got["runs"] == 1 and 0 <= got["last20"] <= 100
+    with Image.open(study / "metrics" / "summary.png") as im:
+        assert im.format == "PNG"
+    assert run(["realmix", "results"], study).stdout == md
