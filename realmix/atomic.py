@@ -7,13 +7,27 @@ DVC or the next stage would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import RealmixError
+
 _TMP_MARK = ".tmp-"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _DISK_FULL
+
+
+def disk_full(path: Path, e: OSError) -> RealmixError:
+    """The one-line error for an output that could not be written because the disk (or quota) is full."""
+    return RealmixError(f"{path}: {e.strerror or 'no space left on device'} while writing it; nothing was "
+                        "changed there: free disk space (or raise the quota) and rerun")
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -28,6 +42,13 @@ def _remove_stale(path: Path) -> None:
         _remove(p)
 
 
+def remove_temporaries(directory: Path) -> None:
+    """Remove every temporary that killed writers left in `directory` (none may be writing there now)."""
+    if directory.is_dir():
+        for p in directory.glob(f".*{_TMP_MARK}*"):
+            _remove(p)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -40,9 +61,11 @@ def _remove(path: Path) -> None:
 def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
 
-    With `directory=True` the temporary path is created as an empty directory.
+    With `directory=True` the temporary path is created as an empty directory. Parent folders this creates
+    are removed again on error, so a failed write leaves no trace.
     """
     path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     tmp = _tmp_sibling(path)
@@ -51,8 +74,14 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
     try:
         yield tmp
         replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        for p in created:  # innermost first; one that something else has filled meanwhile stays
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        # inside another output's temporary the error is reported by that output, under its final name
+        if is_disk_full(e) and not any(_TMP_MARK in part for part in path.parent.parts):
+            raise disk_full(path, e) from e
         raise
 
 

@@ -44,11 +44,21 @@ def load(path: str | os.PathLike, *, expect: str = CKPT_FORMAT) -> dict[str, Any
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/corrupt/unsafe files
+        # torch's own advice for what its safe unpickler refuses (load it unsafely) is not to be passed on
+        if "Unsupported global" in str(e):
+            raise RealmixError(
+                f"{path}: refused: it holds pickled Python objects other than tensors and numbers, which are "
+                "never loaded (weights_only); use a file written by realmix, or delete it and retrain") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in first:
+            first = "its content is not a PyTorch checkpoint"
         raise RealmixError(f"{path}: not a readable checkpoint ({first[:200]}); delete it or retrain") from e
     if not isinstance(state, dict) or state.get("format") != expect:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise RealmixError(f"{path}: not a realmix {expect.split('/')[0].split('-')[1]} file (format {found!r})")
+        fix = "give a run's model.pt (runs/<algorithm>/<split>/model.pt)" if expect == MODEL_FORMAT else \
+            "delete it or retrain"
+        raise RealmixError(
+            f"{path}: not a realmix {expect.split('/')[0].split('-')[1]} file (format {found!r}); {fix}")
     return state
 
 
@@ -79,14 +89,15 @@ class CheckpointDir:
         return [p for _, p in sorted(found)]
 
     def save(self, state: dict[str, Any], images: int) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / f"ckpt-{images:012d}.pt"
+        save(path, state)  # first: a failed first save leaves no checkpoints/ folder behind
         ignore = self.path / ".gitignore"
         if not ignore.exists():  # checkpoints are neither DVC-cached nor meant for git
             atomic.write_text(ignore, "*\n")
-        path = self.path / f"ckpt-{images:012d}.pt"
-        save(path, state)
         for old in self.list()[:-self.keep]:
             old.unlink(missing_ok=True)
+        # a run killed mid-save left a temporary, possibly of a checkpoint name this run never writes again
+        atomic.remove_temporaries(self.path)
         return path
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:

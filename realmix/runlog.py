@@ -7,9 +7,12 @@ The step of every record is the step clock in images, as the original's TensorBo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+
+from . import atomic
 
 os.environ.setdefault("DVCLIVE_LOGLEVEL", "WARNING")
 
@@ -26,6 +29,13 @@ def _live(path: Path):
     class FileOnlyLive(Live):
         def _init_dvc(self) -> None:
             self._dvc_repo = None
+
+        def make_summary(self) -> None:
+            # as Live's (same bytes), but renamed into place: a run killed mid-report never leaves an empty or
+            # half metrics.json behind for `realmix runs` or `dvc metrics` to choke on
+            if self._step is not None:
+                self.summary["step"] = self.step
+            atomic.write_text(self.metrics_file, json.dumps(self.summary, indent=4) + "\n")
 
     return FileOnlyLive(str(path), dvcyaml=False, save_dvc_exp=False, report=None)
 

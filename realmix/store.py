@@ -158,9 +158,17 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException as e:  # e.g. the disk filled up while writing the manifest
+                self.abort()
+                exc = e
+                if not atomic.is_disk_full(e):
+                    raise
         else:
             self.abort()
+        if atomic.is_disk_full(exc):
+            raise atomic.disk_full(self.path, exc) from exc
 
     # -- checks ------------------------------------------------------------------------------------
     def _subset(self, subset: str) -> dict[str, Any]:
