@@ -123,10 +123,19 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "preaugment":
             print(pipeline.preaugment(p, args.input, args.copies).summary())
         elif args.command == "train":
+            from . import distributed
+
+            if p.train.nproc > 1 and not distributed.launched():  # N local processes under torchrun
+                from .train import pick_device
+
+                raise SystemExit(distributed.relaunch(
+                    p.train.nproc, ["--params", args.params, "train", "--algorithm", args.algorithm,
+                                    "--data", args.data], pick_device(p.train.device)))
             res = pipeline.train(p, args.algorithm, args.data)
             shown = ("test/accuracy", "valid/accuracy", "label/accuracy", "raw/test/accuracy")
-            print(f"{pipeline.run_dir(args.algorithm, args.data)}: "
-                  + ", ".join(f"{k} {res[k]:.2f}%" for k in shown if k in res))
+            if res:  # rank 0 (the only process when not distributed)
+                print(f"{pipeline.run_dir(args.algorithm, args.data)}: "
+                      + ", ".join(f"{k} {res[k]:.2f}%" for k in shown if k in res))
         elif args.command == "evaluate":
             res = pipeline.evaluate(p, args.algorithm, args.data)
             print(f"{pipeline.run_dir(args.algorithm, args.data)}/eval: test accuracy {res['accuracy']:.2f}% "

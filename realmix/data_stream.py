@@ -52,14 +52,24 @@ class IndexStream:
         self.pos = int(state["pos"])
 
 
+def to_device(array: np.ndarray, device: torch.device, *, pin: bool = False) -> Tensor:
+    """A host array on `device`; with `pin`, through page-locked memory so the copy is asynchronous (no host
+    wait inside a training step)."""
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if pin:
+        host = host.pin_memory()
+    return host.to(device, non_blocking=pin)
+
+
 class ImageBank:
     """uint8 images of one subset, gathered by index into an N x C x H x W tensor (channels-last memory).
 
     Sets up to `device_bytes` are copied once onto the training device; larger ones stay memory-mapped on the
-    host and each batch travels through pinned memory.
+    host and each batch is copied per step (through pinned memory with `pin`).
     """
 
-    def __init__(self, images: ShardedArray | np.ndarray, device: torch.device, device_bytes: int = DEVICE_BYTES):
+    def __init__(self, images: ShardedArray | np.ndarray, device: torch.device, device_bytes: int = DEVICE_BYTES,
+                 *, pin: bool = False):
         self.device = device
         nbytes = int(np.prod(images.shape))
         self.on_device = nbytes <= device_bytes
@@ -67,18 +77,16 @@ class ImageBank:
             self.images = torch.from_numpy(np.array(images[:])).to(device)
         else:
             self.host = images
-        self._pin = device.type == "cuda"
+        self._pin = pin
 
     def __len__(self) -> int:
         return len(self.images) if self.on_device else len(self.host)
 
-    def gather(self, index: np.ndarray) -> Tensor:
+    def gather(self, index: np.ndarray, device_index: Tensor | None = None) -> Tensor:
+        """The images at `index`; `device_index` (the same indices already on the device) saves a copy."""
         if self.on_device:
-            idx = torch.from_numpy(index).to(self.device, non_blocking=True)
+            idx = device_index if device_index is not None else to_device(index, self.device, pin=self._pin)
             batch = self.images[idx]
         else:
-            host = torch.from_numpy(np.asarray(self.host[index]))
-            if self._pin:
-                host = host.pin_memory()
-            batch = host.to(self.device, non_blocking=True)
+            batch = to_device(np.asarray(self.host[index]), self.device, pin=self._pin)
         return batch.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last

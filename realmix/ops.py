@@ -34,6 +34,12 @@ def smooth_labels(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
     return onehot - smoothing * (onehot - 1.0 / num_classes)
 
 
+def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
+    """A small host array on `device` without making the host wait (through page-locked memory on CUDA)."""
+    t = torch.from_numpy(a)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 # -- MixUp -----------------------------------------------------------------------------------------------
 def mixup_lambdas(n: int, beta: float, rng: np.random.Generator) -> np.ndarray:
     """Per-example lambda ~ Beta(beta, beta), replaced by max(lambda, 1 - lambda)."""
@@ -48,8 +54,8 @@ def mix_pair(x0: Tensor, l0: Tensor, x1: Tensor, l1: Tensor, beta: float,
     A random permutation of len(x0) rows picks the partners, so a row may be paired with itself when x1 is x0.
     """
     n = len(x0)
-    lam = torch.from_numpy(mixup_lambdas(n, beta, rng)).to(x0.device, non_blocking=True)
-    perm = torch.from_numpy(rng.permutation(n)).to(x0.device, non_blocking=True)
+    lam = _to_device(mixup_lambdas(n, beta, rng), x0.device)
+    perm = _to_device(rng.permutation(n), x0.device)
     lx = lam.view(-1, *([1] * (x0.ndim - 1)))
     ll = lam.view(-1, 1)
     return torch.lerp(x1[perm], x0, lx), torch.lerp(l1[perm], l0, ll)
@@ -58,7 +64,7 @@ def mix_pair(x0: Tensor, l0: Tensor, x1: Tensor, l1: Tensor, beta: float,
 def mix_reversed(x: Tensor, labels: Tensor, beta: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
     """MixUp with the reversed batch as partner (the original fs_mixup / ICT / SSL MixUp): row i mixed with row
     n-1-i, per-example lambda ~ Beta(beta, beta) replaced by max(lambda, 1 - lambda)."""
-    lam = torch.from_numpy(mixup_lambdas(len(x), beta, rng)).to(x.device, non_blocking=True)
+    lam = _to_device(mixup_lambdas(len(x), beta, rng), x.device)
     lx = lam.view(-1, *([1] * (x.ndim - 1)))
     return torch.lerp(x.flip(0), x, lx), torch.lerp(labels.flip(0), labels, lam.view(-1, 1))
 

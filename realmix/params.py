@@ -217,8 +217,19 @@ class TrainParams:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     progress: bool = True  # progress bar on stderr
+    # fast path (auto: on for CUDA; none changes what is trained, so none is part of a run's identity)
+    channels_last: Literal["auto", True, False] = "auto"  # weights and activations in NHWC memory
+    compile: bool = False  # torch.compile the model (a one-off compile of the first steps; CPU needs a C compiler)
+    fused_adam: Literal["auto", True, False] = "auto"  # Adam as one fused kernel (else torch's foreach Adam)
+    pin_memory: Literal["auto", True, False] = "auto"  # page-locked host buffers for per-step copies (CUDA only)
+    nproc: int = 1  # data-parallel processes on this machine (one per GPU); > 1: relaunched under torchrun
 
     def validate(self) -> None:
+        for key in ("channels_last", "fused_adam", "pin_memory"):
+            if not (getattr(self, key) == "auto" or isinstance(getattr(self, key), bool)):
+                raise RealmixError(f"params: train.{key}={getattr(self, key)!r} must be auto, true or false")
+        if self.nproc < 1:
+            raise RealmixError(f"params: train.nproc={self.nproc} must be >= 1")
         for key in ("algorithms", "aug_algorithms", "mismatch_algorithms", "mismatch_aug_algorithms"):
             _check_algorithms(getattr(self, key), f"train.{key}")
         if self.batch < 1:

@@ -111,15 +111,21 @@ def preaugment(p: Params, source: str, copies: int) -> Store:
 
 
 def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
-    """Train `algorithm` on the split store `data` (e.g. digits_aug10.1@30-100) into runs/<algorithm>/<data>/."""
+    """Train `algorithm` on the split store `data` (e.g. digits_aug10.1@30-100) into runs/<algorithm>/<data>/.
+
+    Under torchrun every process calls this: it joins the process group the environment describes; only rank 0
+    returns the last evaluation (the others return {}).
+    """
     from .algorithms import ALGORITHMS
-    from .train import Trainer
+    from .distributed import process_group
+    from .train import Trainer, pick_device
 
     if algorithm not in ALGORITHMS:
         raise RealmixError(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     name = SplitName.parse(data)
     store = Store.open(split_dir(name))
-    return Trainer(p, algorithm, store, split_seed=name.seed).fit(run_dir(algorithm, name))
+    with process_group(pick_device(p.train.device)) as dist:
+        return Trainer(p, algorithm, store, split_seed=name.seed, dist=dist).fit(run_dir(algorithm, name))
 
 
 def evaluate(p: Params, algorithm: str, data: str) -> dict:

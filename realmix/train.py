@@ -7,6 +7,17 @@ logging, rotating checkpoints and resume.
 Clock: `images` counts labelled images seen (the original's global step); every schedule and the log step use
 it. Randomness: one generator per purpose (init, labelled order, unlabelled order, augmentation, MixUp), all
 derived from (train.seed, split seed) and all saved in checkpoints, so a resumed run continues the same stream.
+
+Data parallel (realmix/distributed.py): `train.batch` is the global labelled batch. Every rank draws the same
+global index streams and takes its own slice of each global batch (batch / world size labelled images and as
+many unlabelled ones), augments and mixes them with its own generators (seeded with its rank), and runs the
+algorithm's step on its slice: interleave and BN statistics are per rank. Gradients are averaged over the ranks
+before the identical Adam -> decay -> EMA update. Rank 0 evaluates and writes logs, checkpoints and model.pt.
+A checkpoint holds the global streams and every rank's generators: it resumes bit-identically in the same world
+size, and in any other world size with the same data order and freshly derived per-rank generators.
+
+The step is free of host synchronisation on CUDA: indices and MixUp draws reach the device through pinned
+memory, the NaN check and the logged values stay on the device until a report or a checkpoint reads them.
 """
 
 from __future__ import annotations
@@ -24,22 +35,27 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
+from . import distributed
 from .algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
 from .augment import augment_batch
-from .data_stream import DEVICE_BYTES, ImageBank, IndexStream
+from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, to_device
+from .distributed import Dist
 from .ema import EMA
 from .errors import RealmixError
 from .inference import predict_proba
 from .metrics import classification_metrics
 from .models import build_model, to_input
-from .params import Params
+from .params import Params, TrainParams
 from .store import Store
 
 KIMG = 1024
 EVAL_SUBSETS = (("label", "label"), ("valid", "valid"), ("test", "test"))  # (store subset, log prefix)
 # train params that do not change what is computed: a run may resume across changes of these
+# (how a run is computed -- memory layout, compiled or fused kernels, pinned copies, process count -- is not
+# what is computed: a run resumes across changes of these, e.g. onto more GPUs)
 _NOT_IN_FINGERPRINT = ("algorithms", "aug_algorithms", "mismatch_algorithms", "mismatch_aug_algorithms",
-                       "save_kimg", "keep_ckpt", "eval_batch", "device", "threads", "progress")
+                       "save_kimg", "keep_ckpt", "eval_batch", "device", "threads", "progress",
+                       "channels_last", "compile", "fused_adam", "pin_memory", "nproc")
 
 
 def pick_device(name: str) -> torch.device:
@@ -67,36 +83,81 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """The resolved fast-path switches of train.channels_last / compile / fused_adam / pin_memory."""
+
+    channels_last: bool
+    compile: bool
+    fused_adam: bool
+    pin_memory: bool
+
+
+def pick_fast_path(t: TrainParams, device: torch.device) -> FastPath:
+    """`auto` means on for CUDA and off elsewhere; pinned memory needs CUDA."""
+    cuda = device.type == "cuda"
+    if t.pin_memory is True and not cuda:
+        raise RealmixError("params: train.pin_memory=true needs a CUDA device (page-locked memory feeds GPU "
+                           "copies); use train.pin_memory=auto")
+
+    def resolve(value: str | bool) -> bool:
+        return cuda if value == "auto" else bool(value)
+
+    return FastPath(resolve(t.channels_last), t.compile, resolve(t.fused_adam), resolve(t.pin_memory))
+
+
 def _seed(ss: np.random.SeedSequence) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def _rank_seed(ss: np.random.SeedSequence, rank: int, *key: int) -> np.random.SeedSequence:
+    """`ss` itself for rank 0 of a fresh run (so one process trains exactly as before); otherwise a child keyed
+    by the rank (and by `key`: the world size and image clock of a resume in another world size)."""
+    if rank == 0 and not key:
+        return ss
+    return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, rank, *key))
+
+
 class Trainer:
     def __init__(self, params: Params, algorithm: str, store: Store, *, split_seed: int,
-                 device: torch.device | None = None, device_bytes: int = DEVICE_BYTES):
+                 device: torch.device | None = None, device_bytes: int = DEVICE_BYTES, dist: Dist | None = None):
         t = params.train
         self.params, self.store, self.algorithm_name = params, store, algorithm
-        self.device = device or pick_device(t.device)
+        self.dist = dist or distributed.current()
+        self.device = device or self.dist.place(pick_device(t.device))
         if t.threads and self.device.type == "cpu":
             torch.set_num_threads(t.threads)
         self.autocast_dtype = pick_precision(t.precision, self.device)
+        self.fast = pick_fast_path(t, self.device)
         self.class_names = store.class_names
         self.num_classes = store.num_classes
         self.image_shape = store.image_shape
         self.arch = dataclasses.asdict(params.model)
-        self.batch = t.batch
+        self.batch = t.batch  # global: all ranks together
+        world = self.dist.world_size
+        if self.batch % world:
+            raise RealmixError(f"params: train.batch={self.batch} is not divisible by the {world} processes; use a "
+                               f"multiple of {world}")
+        self.local_batch = self.batch // world  # this rank's slice of every global batch
         self.total = int(round(t.train_kimg * KIMG))
         self.images = 0
         self.history: list[dict[str, float]] = []
         self._reset_window()
 
-        init, order_l, order_u, aug, mix = np.random.SeedSequence([t.seed, split_seed]).spawn(5)
+        init, order_l, order_u, self._aug_ss, self._mix_ss = np.random.SeedSequence([t.seed, split_seed]).spawn(5)
+        aug, mix = (_rank_seed(ss, self.dist.rank) for ss in (self._aug_ss, self._mix_ss))
         g = torch.Generator().manual_seed(_seed(init))
         self.model = build_model(self.arch, self.num_classes, self.image_shape, generator=g).to(self.device)
+        if self.fast.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.model.train()
+        # every rank keeps the EMA (Mean Teacher and ICT read it as their teacher); rank 0's is evaluated and saved
         self.ema = EMA(self.model, t.ema, warmup=t.ema_warmup)
+        if self.fast.compile:
+            self.model.compile()  # in place: state_dict keys unchanged; the EMA copy stays eager
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
-                                          foreach=True)
+                                          foreach=not self.fast.fused_adam, fused=self.fast.fused_adam)
+        self.grad_params = [p for p in self.model.parameters() if p.requires_grad]
         # decoupled weight decay on conv/dense weights (the original's "kernel" variables), not biases or BN
         self.decay_params = [p for p in self.model.parameters() if p.ndim > 1]
         self.decay_factor = 1.0 - params.weight_decay(algorithm) * t.lr
@@ -107,9 +168,10 @@ class Trainer:
                                                rng=np.random.default_rng(mix), tsa=params.tsa)
         self.algo.teacher = self.ema.model
         try:
-            self.algo.check_batch(self.batch)
+            self.algo.check_batch(self.local_batch)
         except ValueError as e:
-            raise RealmixError(f"params: train.batch={self.batch}: {e}; use a larger batch") from e
+            per_rank = f" ({self.local_batch} per process with {world} processes)" if world > 1 else ""
+            raise RealmixError(f"params: train.batch={self.batch}{per_rank}: {e}; use a larger batch") from e
 
         label = store.subset("label")
         if label.count == 0:
@@ -117,7 +179,7 @@ class Trainer:
         labels = label.labels
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise RealmixError(f"{store.path}: labelled images must have known classes 0..{self.num_classes - 1}")
-        self.label_bank = ImageBank(label.images, self.device, device_bytes)
+        self.label_bank = ImageBank(label.images, self.device, device_bytes, pin=self.fast.pin_memory)
         self.label_y = torch.from_numpy(labels).to(self.device)
         self.label_stream = IndexStream(label.count, np.random.default_rng(order_l))
         self.unlabel_bank = self.unlabel_stream = None
@@ -125,7 +187,7 @@ class Trainer:
             unlabel = store.subset("unlabel")
             if unlabel.count == 0:
                 raise RealmixError(f"{store.path}: {algorithm} needs unlabelled images but the split has none")
-            self.unlabel_bank = ImageBank(unlabel.images, self.device, device_bytes)
+            self.unlabel_bank = ImageBank(unlabel.images, self.device, device_bytes, pin=self.fast.pin_memory)
             self.unlabel_stream = IndexStream(unlabel.count, np.random.default_rng(order_u))
         self.fingerprint = self._fingerprint(params, algorithm, split_seed)
 
@@ -152,15 +214,22 @@ class Trainer:
         t = self.params.train
         return to_input(augment_batch(images, t.augment, self.aug_gen, cutout_prob=t.cutout_prob))
 
+    def _local(self, stream: IndexStream) -> np.ndarray:
+        """This rank's slice of the next global batch of a stream (every rank draws the same global batch)."""
+        start = self.dist.rank * self.local_batch
+        return stream.next(self.batch)[start:start + self.local_batch]
+
     def next_batch(self) -> Batch:
-        """Sample and augment one batch on the training device."""
-        b = self.batch
-        idx = self.label_stream.next(b)
-        x = self.augment(self.label_bank.gather(idx))
-        y = self.label_y[torch.from_numpy(idx).to(self.device)]
+        """Sample and augment this rank's share of one batch on the training device."""
+        b = self.local_batch
+        idx = self._local(self.label_stream)
+        idx_d = to_device(idx, self.device, pin=self.fast.pin_memory)
+        x = self.augment(self.label_bank.gather(idx, idx_d))
+        y = self.label_y[idx_d]
         views: tuple[Tensor, ...] = ()
         if self.algo.views:
-            u = self.unlabel_bank.gather(self.unlabel_stream.next(b))
+            uidx = self._local(self.unlabel_stream)
+            u = self.unlabel_bank.gather(uidx, to_device(uidx, self.device, pin=self.fast.pin_memory))
             # all views in one batched call; every image of every view gets its own draws
             views = tuple(self.augment(u.repeat(self.algo.views, 1, 1, 1)).split(b))
         return Batch(x, y, views)
@@ -176,9 +245,12 @@ class Trainer:
         batch = self.next_batch()
         with self.autocast():
             out = self.algo.train_step(self.model, batch, Progress(self.images, self.total))
-        self._check_finite(out.loss)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        loss = out.loss.detach()
+        if self.dist.enabled:  # mean gradient of the global batch; the loss rides along (a NaN anywhere stops all)
+            loss = distributed.average_gradients(self.grad_params, loss)
+        self._check_finite(loss)
         self.update()
         self.images += self.batch
         self._accumulate(out)
@@ -212,9 +284,15 @@ class Trainer:
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
 
+    def _window_sums(self) -> dict[str, float]:
+        """The window's sums as floats (one host read); distributed: their mean over the ranks."""
+        if self.dist.enabled:
+            return distributed.mean_over_ranks(self._sums, self.device)
+        return {k: float(v) for k, v in self._sums.items()}
+
     def _window(self) -> dict[str, float]:
         n = max(self._count, 1)
-        rec = {f"train/{k}": float(v) / n for k, v in self._sums.items()}
+        rec = {f"train/{k}": v / n for k, v in self._window_sums().items()}
         dt = time.perf_counter() - self._t0
         if self._count and dt > 0:
             rec["train/images_per_s"] = (self.images - self._img0) / dt
@@ -245,9 +323,15 @@ class Trainer:
         return rec
 
     # -- checkpoints --------------------------------------------------------------------------------------
+    def _rank_rng(self) -> dict[str, Any]:
+        return {"mixup": self.algo.rng.bit_generator.state, "augment": self.aug_gen.get_state()}
+
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (distributed: a collective; every rank's generators are gathered into it)."""
+        ranks = distributed.all_gather_object(self._rank_rng()) if self.dist.enabled else [self._rank_rng()]
         return {
             "format": ckpt.CKPT_FORMAT, "fingerprint": self.fingerprint, "images": self.images,
+            "world_size": self.dist.world_size, "rank_rng": ranks,
             "algorithm": self.algorithm_name, "arch": self.arch, "num_classes": self.num_classes,
             "class_names": self.class_names, "image_shape": self.image_shape,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -258,26 +342,45 @@ class Trainer:
                 "augment": self.aug_gen.get_state(),
             },
             "history": self.history,
-            "window": {"sums": {k: float(v) for k, v in self._sums.items()}, "count": self._count,
-                       "img0": self._img0},
+            # distributed: the mean over the ranks, restored on every rank, so a report after resuming averages
+            # the same figures in any world size
+            "window": {"sums": self._window_sums(), "count": self._count, "img0": self._img0},
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         ckpt.check_compatible(state, self.arch, self.num_classes, path)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = dict(state["optimizer"])
+        # this run's Adam implementation, not the saved one's (the fused flag also places Adam's step counters)
+        optimizer["param_groups"] = [{**g, "fused": self.fast.fused_adam, "foreach": not self.fast.fused_adam}
+                                     for g in optimizer["param_groups"]]
+        self.optimizer.load_state_dict(optimizer)
         rng = state["rng"]
-        self.label_stream.load_state_dict(rng["label"])
+        self.label_stream.load_state_dict(rng["label"])  # global streams: the same in any world size
         if self.unlabel_stream is not None:
             self.unlabel_stream.load_state_dict(rng["unlabel"])
-        self.algo.rng.bit_generator.state = rng["mixup"]
-        self.aug_gen.set_state(rng["augment"])
         self.images = int(state["images"])
+        ranks = state.get("rank_rng") or [{"mixup": rng["mixup"], "augment": rng["augment"]}]
+        if not (len(ranks) == self.dist.world_size and self._restore_rank_rng(ranks[self.dist.rank])):
+            # another world size (or device): fresh per-rank generators, derived from the seed, rank, world, clock
+            key = (self.dist.world_size, self.images)
+            mix = _rank_seed(self._mix_ss, self.dist.rank, *key)
+            self.algo.rng.bit_generator.state = np.random.default_rng(mix).bit_generator.state
+            self.aug_gen.manual_seed(_seed(_rank_seed(self._aug_ss, self.dist.rank, *key)))
         self.history = list(state["history"])
         self._reset_window()
         w = state["window"]
         self._sums, self._count, self._img0 = dict(w["sums"]), int(w["count"]), int(w["img0"])
+
+    def _restore_rank_rng(self, saved: dict[str, Any]) -> bool:
+        """Continue this rank's saved generators; False if the saved augmentation state is for another device."""
+        try:
+            self.aug_gen.set_state(saved["augment"])
+        except RuntimeError:  # e.g. a CPU generator's state offered to a CUDA generator
+            return False
+        self.algo.rng.bit_generator.state = saved["mixup"]
+        return True
 
     def final_model(self) -> dict[str, Any]:
         """The run's deliverable: EMA weights (used for evaluation), raw weights, and how to rebuild the net."""
@@ -286,29 +389,46 @@ class Trainer:
             "arch": self.arch, "num_classes": self.num_classes, "class_names": self.class_names,
             "image_shape": self.image_shape, "input": "uint8 NCHW -> x * 2/255 - 1", "images": self.images,
             "precision": str(self.autocast_dtype or torch.float32),
+            "fast_path": dataclasses.asdict(self.fast), "world_size": self.dist.world_size,
             "fingerprint": self.fingerprint, "model": self.ema.model.state_dict(),
             "raw_model": self.model.state_dict(), "metrics": self.history[-1] if self.history else {},
             "history": self.history,  # every evaluation: the `evaluate` stage's last-N medians read it
         }
 
     # -- the loop ---------------------------------------------------------------------------------------
+    def _resume_state(self, ckdir: ckpt.CheckpointDir, out_dir: Path) -> tuple[str, dict[str, Any]] | None:
+        """Rank 0: the latest checkpoint made with this run's fingerprint (others are discarded), or None."""
+        found = ckdir.latest()
+        if found is None:
+            return None
+        path, state = found
+        if state.get("fingerprint") == self.fingerprint:
+            print(f"resuming {out_dir} from {path.name} ({state['images']} images, saved by "
+                  f"{state.get('world_size', 1)} process(es))", file=sys.stderr)
+            return str(path), state
+        print(f"{out_dir}: checkpoints are from other params or data; starting from scratch", file=sys.stderr)
+        ckdir.clear()
+        return None
+
     def fit(self, out_dir: Path) -> dict[str, float]:
-        """Train to train_kimg (resuming from out_dir/checkpoints when they match), write out_dir/model.pt."""
+        """Train to train_kimg (resuming from out_dir/checkpoints when they match), write out_dir/model.pt.
+
+        Distributed, every rank calls it with the same out_dir; only rank 0 reads or writes there (it sends the
+        checkpoint to the others) and only rank 0 returns the last evaluation (the others return {}).
+        """
         from .runlog import RunLogger
 
         t = self.params.train
+        main = self.dist.main
         ckdir = ckpt.CheckpointDir(out_dir / "checkpoints", t.keep_ckpt)
-        found = ckdir.latest()
+        found = self._resume_state(ckdir, out_dir) if main else None
+        if self.dist.enabled:
+            found = distributed.broadcast_object(found)
         if found is not None:
-            path, state = found
-            if state.get("fingerprint") == self.fingerprint:
-                self.load_state_dict(state, path)
-                print(f"resuming {out_dir} from {path.name} ({self.images} images)", file=sys.stderr)
-            else:
-                print(f"{out_dir}: checkpoints are from other params or data; starting from scratch",
-                      file=sys.stderr)
-                ckdir.clear()
-        log = RunLogger(out_dir / "live", out_dir / "tensorboard", self.history)
+            self.load_state_dict(found[1], Path(found[0]))
+        if self.dist.enabled:  # identical weights everywhere from the first step on
+            distributed.broadcast_module(self.model, self.ema.model)
+        log = RunLogger(out_dir / "live", out_dir / "tensorboard", self.history) if main else None
         report, save = self._interval(t.report_kimg), self._interval(t.save_kimg)
         next_report = (self.images // report + 1) * report
         next_save = (self.images // save + 1) * save
@@ -326,30 +446,43 @@ class Trainer:
                     self._save(ckdir)
         finally:
             bar.close()
-            log.close()
-        ckpt.save(out_dir / "model.pt", self.final_model())
-        return self.history[-1]
+            if log is not None:
+                log.close()
+        if main:
+            ckpt.save(out_dir / "model.pt", self.final_model())
+        if self.dist.enabled:
+            distributed.barrier()  # every rank returns once the run's outputs exist
+        return self.history[-1] if main else {}
 
     def _interval(self, kimg: float) -> int:
         return max(self.batch, int(round(kimg * KIMG)))
 
-    def _report(self, log, bar) -> None:
+    def _raise_if_bad(self) -> None:
+        """The deferred NaN/inf check of the steps since the last one (CUDA; CPU checks every step)."""
         if self.device.type != "cpu" and bool(self._bad):
             self._nonfinite()
-        rec = {"step": self.images, **self._window(), **self.evaluate()}
-        self.history.append(rec)
-        log.log(rec)
+
+    def _report(self, log, bar) -> None:
+        """Every rank: the train figures of the window (averaged over ranks); rank 0: evaluate and log."""
+        self._raise_if_bad()
+        window = self._window()
+        if self.dist.main:
+            rec = {"step": self.images, **window, **self.evaluate()}
+            self.history.append(rec)
+            log.log(rec)
+            bar.set_postfix(test=f"{rec.get('test/accuracy', float('nan')):.1f}%",
+                            loss=f"{rec.get('train/loss', 0):.3f}")
         self._reset_window()
-        bar.set_postfix(test=f"{rec.get('test/accuracy', float('nan')):.1f}%", loss=f"{rec.get('train/loss', 0):.3f}")
 
     def _save(self, ckdir: ckpt.CheckpointDir) -> None:
-        if self.device.type != "cpu" and bool(self._bad):
-            self._nonfinite()
-        ckdir.save(self.state_dict(), self.images)
+        self._raise_if_bad()
+        state = self.state_dict()  # every rank: distributed, it gathers every rank's generators
+        if self.dist.main:
+            ckdir.save(state, self.images)
 
     def _progress_bar(self):
         from tqdm import tqdm
 
         return tqdm(total=self.total, initial=self.images, unit="img", unit_scale=True, dynamic_ncols=True,
-                    disable=not self.params.train.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                    desc=f"{self.algorithm_name}")
+                    disable=not (self.params.train.progress and self.dist.main),
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"{self.algorithm_name}")
