@@ -183,6 +183,11 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
         label_idx = np.sort(np.array(folds[seed], np.int64))
         meta_extra["labelled_from"] = f"STL-10 fold {seed}"
     else:
+        available = sum(len(c) for c in candidates)
+        if size > available:  # checked here, where the dataset is known, so that the message can name it
+            raise RealmixError(
+                f"split {name}: {size} labels requested but only {available} labelled images are available in "
+                f"{dataset.path}; lower split.sizes (or raise split.label_size)")
         label_idx = select_labelled(candidates, size, seed, class_balance=class_balance, stats=stats)
 
     is_label = np.zeros(len(labels), bool)
