@@ -1,20 +1,27 @@
-"""Time one training step (sampling + augmentation, forwards, losses, backward, Adam, decay, EMA) on CPU or CUDA.
+"""Time one training step (sampling + augmentation, forwards, losses, backward, Adam, decay, EMA) on CPU or CUDA,
+with the fast path off and on.
 
-    .venv/bin/python benchmarks/train_step.py                        # WRN-28-2, batch 64, 2 threads, all three
+    .venv/bin/python benchmarks/train_step.py                        # WRN-28-2, batch 64, this device, all three
     .venv/bin/python benchmarks/train_step.py --algorithms realmix --steps 40
-    .venv/bin/python benchmarks/train_step.py --memory-format compare  # channels-last vs contiguous inputs
+    .venv/bin/python benchmarks/train_step.py --fast-path on          # only the fast path
+    .venv/bin/python benchmarks/train_step.py --memory-format compare  # channels-last vs contiguous memory
     .venv/bin/python benchmarks/train_step.py --precision compare      # fp32 vs bf16 autocast, ratio printed
     .venv/bin/python benchmarks/train_step.py --filters 8 --repeat 1 --steps 5 --warmup 1   # a quick smoke run
 
 Builds a `realmix.train.Trainer` on a synthetic in-memory split store (random uint8 32x32x3 images: 250
 labelled, --unlabelled unlabelled, 10 valid, 10 test, 10 classes) with the default params (the paper's
-WRN-28-2, batch 64, RealMix nu 2), so it needs no pipeline data. For each algorithm it prints the median
-`Trainer.step()` time over --steps steps after --warmup warm-up steps, the labelled images per second
-(batch / median), and a breakdown from a second loop that mirrors `Trainer.step()` with a timer around each
-sub-call: augmentation (next_batch: sampling + augmentation + to_input), forward (algo.train_step: the
-guessing forwards, MixUp, the training forwards and the losses; the model's own forward time is split into
-no-grad guessing and training forwards with hooks), backward, Adam + decay, EMA.
-Target (2 CPU cores): realmix step <= 0.8 s.
+WRN-28-2, batch 64, RealMix nu 2), so it needs no pipeline data. Configurations (alternated, --rounds times):
+fast path off = train.precision fp32, channels_last / fused_adam / pin_memory / compile false; fast path on =
+precision auto (bf16 where native), channels_last and fused Adam on, pinned copies where CUDA, compile per
+--compile (auto: on CUDA only). For each algorithm and configuration it prints the median `Trainer.step()` time
+over --steps steps after --warmup warm-up steps, labelled images/s (batch / median) and all images/s (labelled
++ unlabelled views), the ratio to the first configuration, and the achieved FLOP/s: the FLOPs of one step
+(torch.utils.flop_counter, forward + backward, counted once per algorithm in fp32 eager) / the median time;
+on CUDA also its fraction of the GPU's dense bf16 peak (a table by device name; n/a when unknown). Then a
+breakdown from a second loop that mirrors `Trainer.step()` with a timer around each sub-call: augmentation
+(next_batch: sampling + augmentation + to_input), forward (algo.train_step: the guessing forwards, MixUp, the
+training forwards and the losses; the model's own forward time is split into no-grad guessing and training
+forwards with hooks), backward, Adam + decay, EMA. Compile time is spent in the warm-up steps.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import re
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +51,46 @@ from realmix.train import Trainer  # noqa: E402
 MEMORY_FORMATS = ("default", "contiguous", "channels_last")
 PRECISIONS = ("fp32", "bf16")
 PARTS = ("augment", "forward", "backward", "optim+decay", "ema", "other")
+FAST_OFF = {"precision": "fp32", "channels_last": False, "fused_adam": False, "pin_memory": False, "compile": False}
+# dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by device name; the first matching pattern wins
+BF16_PEAK_TFLOPS = (
+    (r"H100.*PCIe", 756.0), (r"H100.*(SXM|HBM3)", 989.0), (r"H200(?!.*NVL)", 989.0), (r"A100", 312.0),
+    (r"\bL4\b", 121.0), (r"\bA10\b", 125.0), (r"RTX 4090", 165.0),
+)
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU from its name, or None when it is not in the table."""
+    for pattern, tflops in BF16_PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return tflops * 1e12
+    return None
+
+
+def fast_path(on: bool, compile_mode: str, device: str) -> dict[str, Any]:
+    """The train param overrides of the fast path off or on."""
+    if not on:
+        return dict(FAST_OFF)
+    compile_on = compile_mode == "on" or (compile_mode == "auto" and device == "cuda")
+    return {"precision": "auto", "channels_last": True, "fused_adam": True, "pin_memory": "auto",
+            "compile": compile_on}
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], bool]]:
+    """(label, train param overrides, contiguous inputs) of every configuration, from the three axes."""
+    fast = ["off", "on"] if args.fast_path == "compare" else [args.fast_path]
+    memory = list(MEMORY_FORMATS) if args.memory_format == "compare" else [args.memory_format]
+    precision = list(PRECISIONS) if args.precision == "compare" else [args.precision]
+    out = []
+    for f, m, pr in itertools.product(fast, memory, precision):
+        over = fast_path(f == "on", args.compile, args.device)
+        if m is not None:
+            over["channels_last"] = m == "channels_last"
+        if pr is not None:
+            over["precision"] = pr
+        label = "/".join([f"fast-{f}", *([m] if m else []), *([pr] if pr else [])])
+        out.append((label, over, m == "contiguous"))
+    return out
 
 
 def make_store(path: Path, unlabelled: int, *, size: int = 32, classes: int = 10, seed: int = 0) -> Store:
@@ -53,25 +102,38 @@ def make_store(path: Path, unlabelled: int, *, size: int = 32, classes: int = 10
     return Store.open(path)
 
 
-def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, memory_format: str,
-                 precision: str) -> Trainer:
+def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any],
+                 contiguous_inputs: bool = False) -> Trainer:
     p = parse({})
     p = dataclasses.replace(
         p,
         train=dataclasses.replace(p.train, threads=args.threads, augment=args.augment, device=args.device,
-                                  batch=args.batch, progress=False, precision=precision),
+                                  batch=args.batch, progress=False, **overrides),
         model=dataclasses.replace(p.model, filters=args.filters, repeat=args.repeat, scales=args.scales),
     )
     trainer = Trainer(p, algorithm, store, split_seed=1)
     torch.set_num_threads(args.threads)
-    if memory_format == "contiguous":
+    if contiguous_inputs:  # the loop feeds channels-last (NHWC) memory; this makes every input NCHW
         augment = trainer.augment
         trainer.augment = lambda images: augment(images).contiguous()  # type: ignore[method-assign]
-    elif memory_format == "channels_last":
-        # weights too (the default already feeds channels-last inputs, which makes the convs channels-last)
-        trainer.model.to(memory_format=torch.channels_last)
-        trainer.ema.model.to(memory_format=torch.channels_last)
     return trainer
+
+
+def step_flops(store: Store, algorithm: str, args: argparse.Namespace) -> int:
+    """FLOPs of one training step (forwards and backward; fp32 eager: the count does not depend on the path)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer = make_trainer(store, algorithm, args, FAST_OFF)
+    trainer.step()
+    with FlopCounterMode(display=False) as counter:
+        trainer.step()
+    return int(counter.get_total_flops())
+
+
+def describe(trainer: Trainer) -> str:
+    f = trainer.fast
+    on = [k for k, v in dataclasses.asdict(f).items() if v]
+    return f"{str(trainer.autocast_dtype or torch.float32).removeprefix('torch.')} " + ("+".join(on) or "plain")
 
 
 class ForwardTimer:
@@ -137,10 +199,10 @@ def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list
         with trainer.autocast():
             out = trainer.algo.train_step(trainer.model, batch, Progress(trainer.images, trainer.total))
         t2 = clock()
-        trainer._check_finite(out.loss)
         trainer.optimizer.zero_grad(set_to_none=True)
         t3 = clock()
         out.loss.backward()
+        trainer._check_finite(out.loss.detach())
         t4 = clock()
         trainer.optimizer.step()
         with torch.no_grad():
@@ -162,10 +224,12 @@ def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list
     return parts
 
 
-def run(store: Store, algorithm: str, args: argparse.Namespace, config: tuple[str, str]) -> dict[str, object]:
-    trainer = make_trainer(store, algorithm, args, *config)
+def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any],
+        contiguous_inputs: bool) -> dict[str, object]:
+    trainer = make_trainer(store, algorithm, args, overrides, contiguous_inputs)
     times = full_steps(trainer, args.warmup, args.steps)
-    result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times)}
+    result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
+                                 "resolved": describe(trainer), "views": trainer.algo.views}
     if not args.no_breakdown:
         parts = breakdown_steps(trainer, args.warmup, args.steps)
         result["parts"] = {k: statistics.median(v) for k, v in parts.items()}
@@ -195,56 +259,72 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", type=int, default=0, help="stages (0 = from the image size: 3 at 32 px)")
     ap.add_argument("--augment", default="cifar10", help="train.augment")
     ap.add_argument("--unlabelled", type=int, default=5000, help="unlabelled images in the synthetic store")
-    ap.add_argument("--memory-format", choices=(*MEMORY_FORMATS, "compare"), default="default",
-                    help="default: inputs as augment_batch returns them (channels-last memory, contiguous weights); "
-                         "contiguous: inputs made NCHW-contiguous; channels_last: model weights converted too; "
-                         "compare: all three, alternated")
-    ap.add_argument("--precision", choices=(*PRECISIONS, "auto", "compare"), default="auto",
-                    help="train.precision (auto: bf16 where the device has native bf16); compare: fp32 and bf16, "
-                         "alternated, with their ratio")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--fast-path", choices=("off", "on", "compare"), default="compare",
+                    help="off: fp32, no channels_last / fused Adam / pinned copies / compile; on: bf16 where "
+                         "native, channels_last, fused Adam, pinned copies on CUDA, compile per --compile; "
+                         "compare (default): both, alternated, with their ratio")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="torch.compile in the fast path (auto: on CUDA only)")
+    ap.add_argument("--memory-format", choices=(*MEMORY_FORMATS, "compare"), default=None,
+                    help="override the fast path's layout: default (channels-last inputs, NCHW weights), "
+                         "contiguous (NCHW inputs too), channels_last (weights too); compare: all three")
+    ap.add_argument("--precision", choices=(*PRECISIONS, "auto", "compare"), default=None,
+                    help="override the fast path's train.precision (auto: bf16 where native); compare: fp32 and "
+                         "bf16, alternated, with their ratio")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="default: cuda when a GPU is visible, else cpu")
     ap.add_argument("--rounds", type=int, default=1, help="repeat each measurement, alternating configurations")
     ap.add_argument("--no-breakdown", action="store_true", help="time only the full Trainer.step()")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         ap.error("--steps and --rounds must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
-    formats = list(MEMORY_FORMATS) if args.memory_format == "compare" else [args.memory_format]
-    precisions = list(PRECISIONS) if args.precision == "compare" else [args.precision]
-    configs = list(itertools.product(formats, precisions))
+    configs = configurations(args)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    peak = bf16_peak(device_name) if args.device == "cuda" else None
 
-    print(f"torch {torch.__version__}, {args.threads} threads, WRN filters={args.filters} repeat={args.repeat}, "
-          f"batch {args.batch}, augment {args.augment}, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"{args.rounds} round(s), device {args.device}")
+    print(f"torch {torch.__version__}, device {args.device} ({device_name}), {args.threads} threads, WRN "
+          f"filters={args.filters} repeat={args.repeat}, batch {args.batch}, augment {args.augment}, {args.steps} "
+          f"timed steps after {args.warmup} warm-up, {args.rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix="realmix-bench-") as tmp:
         store = make_store(Path(tmp) / "store", args.unlabelled)
         rows = []
+        flops: dict[str, int] = {}
         for algorithm in args.algorithms:
-            fns = [lambda a=algorithm, c=c: run(store, a, args, c) for c in configs]
-            for c, results in zip(configs, alternate(fns, args.rounds), strict=True):
-                rows.append((algorithm, "/".join(c), results))
+            flops[algorithm] = step_flops(store, algorithm, args)
+            fns = [lambda a=algorithm, o=o, c=c: run(store, a, args, o, c) for _, o, c in configs]
+            for (label, _, _), results in zip(configs, alternate(fns, args.rounds), strict=True):
+                rows.append((algorithm, label, results))
                 med = statistics.median(r["median"] for r in results)  # type: ignore[misc]
-                print(f"  {algorithm:<10} {'/'.join(c):<18} " + " ".join(f"{r['median']:.3f}" for r in results)
-                      + f"  -> {med:.3f} s", flush=True)
+                print(f"  {algorithm:<10} {label:<24} [{results[0]['resolved']}] "
+                      + " ".join(f"{r['median']:.3f}" for r in results) + f"  -> {med:.3f} s", flush=True)
 
     print()
-    print(f"{'algorithm':<11}{'memory/precision':<19}{'median s/step':>14}{'min':>8}{'max':>8}{'labelled img/s':>16}"
-          f"{'vs first':>10}")
+    print(f"{'algorithm':<11}{'configuration':<25}{'median s/step':>14}{'min':>8}{'max':>8}{'labelled img/s':>16}"
+          f"{'all img/s':>11}{'speed-up':>10}{'GFLOP/step':>12}{'TFLOP/s':>9}{'of bf16 peak':>14}")
     first: dict[str, float] = {}
-    for algorithm, f, results in rows:
+    for algorithm, label, results in rows:
         med = statistics.median(r["median"] for r in results)  # type: ignore[misc]
         lo = min(r["min"] for r in results)  # type: ignore[type-var]
         hi = max(r["max"] for r in results)  # type: ignore[type-var]
-        ratio = med / first.setdefault(algorithm, med)
-        print(f"{algorithm:<11}{f:<19}{med:>14.3f}{lo:>8.3f}{hi:>8.3f}{args.batch / med:>16.1f}{ratio:>10.2f}")
+        speedup = first.setdefault(algorithm, med) / med
+        images = args.batch * (1 + int(results[0]["views"]))  # type: ignore[call-overload]
+        achieved = flops[algorithm] / med
+        share = f"{100 * achieved / peak:.1f} %" if peak else "n/a"
+        print(f"{algorithm:<11}{label:<25}{med:>14.3f}{lo:>8.3f}{hi:>8.3f}{args.batch / med:>16.1f}"
+              f"{images / med:>11.1f}{speedup:>10.2f}{flops[algorithm] / 1e9:>12.2f}{achieved / 1e12:>9.3f}"
+              f"{share:>14}")
+    print("speed-up: images/s relative to the first configuration of the algorithm; FLOPs: one step's forwards and "
+          "backward (torch.utils.flop_counter); bf16 peak: dense tensor-core figure of the GPU"
+          + ("" if peak or args.device != "cuda" else f" (unknown for {device_name!r}: n/a)"))
     if args.no_breakdown:
         return
     print()
     print("breakdown (median seconds of each part over the timed steps; % of the summed medians)")
-    for algorithm, f, results in rows:
+    for algorithm, label, results in rows:
         parts = {k: statistics.median(r["parts"][k] for r in results) for k in results[0]["parts"]}  # type: ignore
         total = sum(parts[k] for k in PARTS)
-        print(f"  {algorithm} [{f}]  step {parts['total']:.3f} s")
+        print(f"  {algorithm} [{label}]  step {parts['total']:.3f} s")
         for k in PARTS:
             print(f"    {k:<13}{parts[k]:>8.3f} s {100 * parts[k] / total:>6.1f} %")
         for k in ("model fwd (guess)", "model fwd (train)"):
