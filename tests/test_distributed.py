@@ -91,15 +91,20 @@ def same(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def two_procs(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
-    """2 processes: an uninterrupted realmix run ("full"), and one cut after its checkpoint at 48 images (step 6
-    of 9, before the one at 84) then rerun ("cut", "resumed"). (root, {job: the final weights of each rank})."""
+    """2 processes: an uninterrupted realmix run ("full"); one cut after its checkpoint at 48 images (step 6 of 9,
+    before the one at 84) then rerun ("cut", "resumed"); and ("from1") a 1-process checkpoint finished in 2.
+    (root, {job: the final weights of each rank})."""
     root = tmp_path_factory.mktemp("ddp")
-    make_toy(root)
-    jobs = [("full", 0), ("cut", 6), ("cut", 0)]
+    store = make_toy(root)
+    # and "from1": the checkpoint at 48 images of a 1-process run, finished in 2 processes
+    Trainer(tiny_params(), "realmix", store, split_seed=1, dist=Dist()).fit(root / "one")
+    (root / "from1" / "checkpoints").mkdir(parents=True)
+    shutil.copy(root / "one" / "checkpoints" / "ckpt-000000000048.pt", root / "from1" / "checkpoints")
+    jobs = [("full", 0), ("cut", 6), ("cut", 0), ("from1", 0)]
     mp.spawn(_worker, args=(2, str(root), jobs), nprocs=2, join=True)
     weights = [[torch.load(root / f"{out}.{i}.rank{r}.pt", weights_only=True) for r in range(2)]
                for i, (out, _) in enumerate(jobs)]
-    return root, dict(zip(("full", "cut", "resumed"), weights, strict=True))
+    return root, dict(zip(("full", "cut", "resumed", "from1"), weights, strict=True))
 
 
 def test_two_processes_keep_identical_parameters_and_only_rank0_writes(two_procs):
@@ -138,6 +143,16 @@ def test_two_process_run_resumes_bit_identically_in_two_processes(two_procs):
     b = ckpt.load(root / "cut" / "model.pt", expect=ckpt.MODEL_FORMAT)
     assert same(a["model"], b["model"]) and [r["step"] for r in b["history"]] == [48, 84, 108]
     assert a["metrics"] == {**b["metrics"], "train/images_per_s": a["metrics"]["train/images_per_s"]}
+
+
+def test_one_process_checkpoint_resumes_in_two_processes(two_procs):
+    root, weights = two_procs
+    r0, r1 = weights["from1"]
+    assert [r0[k] for k in ("steps_from", "steps")] == [48, 5]
+    assert same(r0["params"], r1["params"]) and same(r0["ema"], r1["ema"])
+    model = ckpt.load(root / "from1" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert model["world_size"] == 2 and [r["step"] for r in model["history"]] == [48, 84, 108]
+    assert not (root / "from1-rank1").exists()
 
 
 def test_two_process_checkpoint_resumes_in_one_process(two_procs, tmp_path, capsys):
