@@ -33,7 +33,7 @@ def repo(project):
     if shutil.which("git") is None:
         pytest.skip("git is required")
     set_params(project, split={"seeds": [1, 2], "sizes": [30], "nvalid": 100},
-               mismatch={"levels": [0, 100]}, preaugment={"copies": [2]},
+               mismatch={"levels": [0, 100]}, preaugment={"copies": [2], "mismatch_copies": [2]},
                model={"filters": 4, "repeat": 1},
                train={"algorithms": ["supervised"], "aug_algorithms": ["realmix"], "train_kimg": 0.25,
                       "report_kimg": 0.125, "save_kimg": 0.125, "batch": 16, "threads": 1})
