@@ -64,6 +64,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A tiny 3-class 8x8 split (12 labelled, 40 unlabelled, 6 valid, 9 test) for training tests."""
+    rng = np.random.default_rng(0)
+    return make_store(tmp_path / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
+        "test": np.arange(9) % 3}, k=3, hw=8)
+
+
+@pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the pipeline definition (dvc.yaml, params.yaml, stages/, examples/) outside the checkout."""
     import shutil

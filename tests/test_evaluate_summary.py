@@ -17,7 +17,7 @@ from realmix.params import parse
 from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, write_summary
 from realmix.train import Trainer
 from tests.conftest import make_store
-from tests.test_train import store, tiny_params  # noqa: F401  (the `store` fixture)
+from tests.test_train import tiny_params
 
 
 def test_median_accuracies_hand_worked():

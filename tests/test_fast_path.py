@@ -3,29 +3,18 @@ reads a tensor value on the host."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from realmix import checkpoint as ckpt
 from realmix.errors import RealmixError
 from realmix.params import parse
-from realmix.store import Store
 from realmix.train import Trainer, pick_fast_path
-from tests.conftest import make_store
 from tests.test_train import tiny_params
 
 ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
               "mixmatch", "realmix"]
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu")
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    rng = np.random.default_rng(0)
-    return make_store(tmp_path / "toy.1@12-6", {
-        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
-        "test": np.arange(9) % 3}, k=3, hw=8)
 
 
 def test_auto_is_on_for_cuda_and_off_for_cpu():

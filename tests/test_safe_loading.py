@@ -26,7 +26,7 @@ from realmix.params import DatasetParams
 from realmix.predict import predict_folder
 from realmix.sources import archive, build_dataset, cifar, svhn
 from realmix.train import Trainer
-from tests.conftest import ROOT, make_store, run, write_image
+from tests.conftest import ROOT, run, write_image
 from tests.test_bad_inputs import Payload
 from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
 from tests.test_train import tiny_params
@@ -148,14 +148,6 @@ os.system("ls " + name)
 
 
 # -- behaviour ---------------------------------------------------------------------------------------------------
-@pytest.fixture
-def store(tmp_path: Path):
-    rng = np.random.default_rng(0)
-    return make_store(tmp_path / "toy.1@12-6", {
-        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
-        "test": np.arange(9) % 3}, k=3, hw=8)
-
-
 def test_every_checkpoint_load_is_weights_only(tmp_path: Path, store, monkeypatch) -> None:
     """Train, resume, evaluate and predict: every torch.load call they make asks for weights_only=True."""
     seen = []

@@ -18,7 +18,6 @@ import yaml
 from realmix import checkpoint as ckpt
 from realmix.errors import RealmixError
 from realmix.params import parse
-from realmix.store import Store
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store
 
@@ -39,14 +38,6 @@ def tiny_params(**over):
         else:
             data[key] = value
     return parse(data)
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    rng = np.random.default_rng(0)
-    return make_store(tmp_path / "toy.1@12-6", {
-        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
-        "test": np.arange(9) % 3}, k=3, hw=8)
 
 
 def state_equal(a: dict, b: dict) -> bool:
