@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data_stream import to_device
 from .params import MIXMODES, TSA
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
@@ -35,9 +36,8 @@ def smooth_labels(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
 
 
 def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
-    """A small host array on `device` without making the host wait (through page-locked memory on CUDA)."""
-    t = torch.from_numpy(a)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    """A small host array on `device` without making the host wait (page-locked copies on CUDA)."""
+    return to_device(a, device, pin=device.type == "cuda")
 
 
 # -- MixUp -----------------------------------------------------------------------------------------------
