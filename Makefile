@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test lint install clean-venv
+.PHONY: repro test test-realdata lint install clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+## Run the real-data tests (Fashion-MNIST from the Debian package dataset-fashion-mnist).
+test-realdata: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m realdata
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -63,6 +63,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return res
 
 
+def init_repo(proj: Path) -> Path:
+    """`git init`, `dvc init` and a first commit in a project copy (see the `project` fixture), so `dvc repro` runs."""
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, proj)
+    return proj
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     """A tiny 3-class 8x8 split (12 labelled, 40 unlabelled, 6 valid, 9 test) for training tests."""

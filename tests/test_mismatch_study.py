@@ -12,7 +12,7 @@ from PIL import Image
 
 from realmix import checkpoint as ckpt
 from realmix.store import Store
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, init_repo, run
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,7 @@ def study(project):
     data["train"].update(train_kimg=0.3125, report_kimg=0.015625, save_kimg=0.3125, batch=16, threads=1,
                          progress=False)
     (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "i"]):
-        run(cmd, project)
+    init_repo(project)
     return project
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from realmix import checkpoint as ckpt
 from realmix.store import Store
-from tests.conftest import run
+from tests.conftest import init_repo, run
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,7 @@ def repo(project):
                model={"filters": 4, "repeat": 1},
                train={"algorithms": ["supervised"], "aug_algorithms": ["realmix"], "train_kimg": 0.25,
                       "report_kimg": 0.125, "save_kimg": 0.125, "batch": 16, "threads": 1})
-    run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "init"], project)
+    init_repo(project)
     return project
 
 

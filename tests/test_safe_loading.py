@@ -26,7 +26,7 @@ from realmix.params import DatasetParams
 from realmix.predict import predict_folder
 from realmix.sources import archive, build_dataset, cifar, svhn
 from realmix.train import Trainer
-from tests.conftest import ROOT, run, write_image
+from tests.conftest import ROOT, init_repo, run, write_image
 from tests.test_bad_inputs import Payload
 from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
 from tests.test_train import tiny_params
@@ -231,8 +231,7 @@ def test_params_never_reach_a_shell(project: Path) -> None:
     data["preaugment"]["copies"] = [2]
     data["train"].update(algorithms=["supervised"], aug_algorithms=[])
     (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "i"]):
-        run(cmd, project)
+    init_repo(project)
     injected = "x; touch PWNED; echo"
 
     data["dataset"]["name"] = injected  # in the commands of the preaugment, train and evaluate stages

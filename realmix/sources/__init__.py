@@ -36,6 +36,7 @@ READERS: dict[str, str] = {
     "cifar100": "realmix.sources.cifar:load_cifar100",
     "svhn": "realmix.sources.svhn:load",
     "stl10": "realmix.sources.stl10:load",
+    "fashion_mnist": "realmix.sources.fashion_mnist:load",
     "folder": "realmix.sources.folder:load",
 }
 

@@ -9,6 +9,7 @@ file and says what to do.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tarfile
@@ -35,11 +36,25 @@ _CORRUPT = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """One upstream file: its name in the archive directory, where to get it, and its official md5."""
+    """One upstream file: its name in the archive directory, where to get it, and its official md5.
+
+    `content_sha256`, for a gzip file only, is the sha256 of its decompressed contents: a file already in the
+    archive directory whose md5 differs is still accepted when its contents match (the same data re-compressed,
+    as Debian's dataset packages ship it). A download must always have the official md5.
+    """
 
     filename: str
     url: str
     md5: str
+    content_sha256: str | None = None
+
+
+class DownloadError(RealmixError):
+    """A download that failed on the network (`reason`); the file can still be placed by hand."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _one_line(text: object) -> str:
@@ -69,17 +84,54 @@ def verify_md5(path: Path, md5: str) -> None:
         )
 
 
+def gunzip(path: Path) -> bytes:
+    """The decompressed contents of a (small) gzip file; a damaged one is a one-line RealmixError."""
+    with open(path, "rb") as f:
+        try:
+            return gzip.GzipFile(fileobj=f).read()
+        except _CORRUPT as e:
+            raise RealmixError(
+                f"{path}: gzip file is truncated or corrupt ({_one_line(e) or type(e).__name__}); "
+                "delete it and get it again (run again to download it, or reinstall the package it came from)"
+            ) from e
+
+
+def _verify_content(path: Path, spec: ArchiveSpec, content_sha256: str) -> bytes | None:
+    """None when the md5 is the official one, else the decompressed contents if their sha256 is official."""
+    actual = md5_of(path)
+    if actual == spec.md5.lower():
+        return None
+    contents = gunzip(path)
+    sha = hashlib.sha256(contents).hexdigest()
+    if sha != content_sha256.lower():
+        raise RealmixError(
+            f"{path}: md5 is {actual} but the official file has md5 {spec.md5.lower()}, and its decompressed "
+            f"contents have sha256 {sha} but the official contents have sha256 {content_sha256.lower()}; the file "
+            "is damaged or not the official one: delete it and get it again (run again to download it, place the "
+            "official file there, or reinstall the package it came from)"
+        )
+    return contents
+
+
 def fetch(spec: ArchiveSpec, archive_dir: Path, download: bool) -> Path:
     """Return the verified path of `spec.filename` in `archive_dir`, downloading it when allowed.
 
     A download goes to `<filename>.part` and resumes from it when it exists; the file is renamed into
     place only after its md5 matched, so the final name never holds a partial or wrong file.
     """
+    return fetch_contents(spec, archive_dir, download)[0]
+
+
+def fetch_contents(spec: ArchiveSpec, archive_dir: Path, download: bool) -> tuple[Path, bytes | None]:
+    """`fetch`, plus the decompressed contents when verifying needed them: a file present with another md5 but
+    the official `content_sha256` (so its reader need not decompress it again); None when the md5 matched."""
     archive_dir = Path(archive_dir)
     path = archive_dir / spec.filename
     if path.is_file():
-        verify_md5(path, spec.md5)
-        return path
+        if spec.content_sha256 is None:
+            verify_md5(path, spec.md5)
+            return path, None
+        return path, _verify_content(path, spec, spec.content_sha256)
     if not download:
         raise RealmixError(
             f"{path}: archive not found and dataset.download is false; {_place_hint(spec, archive_dir)} "
@@ -96,7 +148,7 @@ def fetch(spec: ArchiveSpec, archive_dir: Path, download: bool) -> Path:
             f"the download was removed: run again, or {_place_hint(spec, archive_dir)}"
         )
     os.replace(part, path)
-    return path
+    return path, None
 
 
 def _download(spec: ArchiveSpec, part: Path, archive_dir: Path) -> None:
@@ -144,10 +196,11 @@ def _download(spec: ArchiveSpec, part: Path, archive_dir: Path) -> None:
         raise _network_error(spec, archive_dir, f"got {size} of {total} bytes")
 
 
-def _network_error(spec: ArchiveSpec, archive_dir: Path, reason: object) -> RealmixError:
-    return RealmixError(
+def _network_error(spec: ArchiveSpec, archive_dir: Path, reason: object) -> DownloadError:
+    return DownloadError(
         f"could not download {spec.url} ({_one_line(reason)}); run again to resume the download, "
-        f"or {_place_hint(spec, archive_dir)}"
+        f"or {_place_hint(spec, archive_dir)}",
+        _one_line(reason),
     )
 
 
