@@ -3,14 +3,24 @@
 As the original (tf.train.ExponentialMovingAverage over trainable variables, BN statistics read from the raw
 model). The constant decay 0.999 assumes ~10^6 steps; `warmup` uses min(decay, (1 + t) / (10 + t)) at update t
 so that short runs are not dominated by the random initialisation.
+
+The copied statistics belong to the raw weights, not to the averaged ones: when the raw weights move fast (early
+training, or a loss spike the raw model recovers from while the average still holds the old weights), the EMA
+model is evaluated with statistics of another network and can fall far below it. `with_own_bn_stats` gives the
+evaluated EMA model statistics of its own weights (train.ema_bn: recompute).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from .models import to_input
 
 
 class EMA:
@@ -45,3 +55,29 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
+
+
+@torch.no_grad()
+def with_own_bn_stats(model: nn.Module, images: Any, *, batch: int, device: torch.device,
+                      autocast_dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of `model` (eval mode) whose BN running statistics are re-estimated for its own weights.
+
+    The statistics are the plain average of the per-batch means and variances over `images` (uint8 N x H x W x C,
+    clean, in the given order, `batch` at a time): no randomness is drawn and the weights are untouched.
+    """
+    out = copy.deepcopy(model)
+    bns = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    out.train()
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.array(images[i:i + batch])).to(device).permute(0, 3, 1, 2)
+        with amp:
+            out(to_input(x))
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    return out.eval()

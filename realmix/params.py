@@ -19,7 +19,7 @@ import yaml
 
 from .errors import RealmixError
 
-SOURCES = ("digits", "cifar10", "cifar100", "svhn", "stl10", "folder")
+SOURCES = ("digits", "cifar10", "cifar100", "svhn", "stl10", "fashion_mnist", "folder")
 AUGMENTS = ("cifar10", "svhn", "stl10", "color", "cutout", "none")
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -39,7 +39,8 @@ def check_name(value: str, key: str) -> str:
 class DatasetParams:
     """`dataset`: where the raw images come from (the download stage)."""
 
-    source: Literal["digits", "cifar10", "cifar100", "svhn", "stl10", "folder"] = "digits"
+    # fashion_mnist: native 28 x 28 x 1 (dataset.img_size and resize are ignored; the model takes the store's size)
+    source: Literal["digits", "cifar10", "cifar100", "svhn", "stl10", "fashion_mnist", "folder"] = "digits"
     name: str = "digits"
     archive_dir: str = "data/archives"  # pre-fetched upstream archives (the role ML_DATA played)
     download: bool = True  # fetch a missing archive from its official URL
@@ -204,6 +205,9 @@ class TrainParams:
     wd: float = 0.02  # decoupled decay: W <- W (1 - wd lr) on conv/dense weights after each Adam step
     ema: float = 0.999  # EMA decay of the parameters (buffers are copied)
     ema_warmup: bool = True  # decay min(ema, (1 + t) / (10 + t)) at step t (the original: false)
+    # BN statistics of the evaluated EMA model: recompute = re-estimated for the EMA weights on the labelled
+    # images at every evaluation and in model.pt; copy = the raw model's running statistics (the original)
+    ema_bn: Literal["recompute", "copy"] = "recompute"
     train_kimg: float = 65536  # training length in kimg (1 kimg = 1024 labelled images)
     report_kimg: float = 64  # evaluate and log every report_kimg
     save_kimg: float = 64  # checkpoint every save_kimg

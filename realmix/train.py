@@ -40,7 +40,7 @@ from .algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
 from .augment import augment_batch
 from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, to_device
 from .distributed import Dist
-from .ema import EMA
+from .ema import EMA, with_own_bn_stats
 from .errors import RealmixError
 from .inference import predict_proba
 from .metrics import classification_metrics
@@ -304,16 +304,26 @@ class Trainer:
         return predict_proba(model, images, batch=self.params.train.eval_batch, device=self.device,
                              autocast_dtype=self.autocast_dtype)
 
+    def eval_model(self) -> torch.nn.Module:
+        """The EMA model as evaluated and saved: with BN statistics of its own weights (train.ema_bn: recompute,
+        re-estimated on the clean labelled images) or the raw model's copied ones (copy, the original)."""
+        if self.params.train.ema_bn == "copy":
+            return self.ema.model
+        return with_own_bn_stats(self.ema.model, self.store.subset("label").images,
+                                 batch=self.params.train.eval_batch, device=self.device,
+                                 autocast_dtype=self.autocast_dtype)
+
     def evaluate(self) -> dict[str, float]:
         """EMA model on labelled / validation / test images; raw model on test. Accuracy in percent."""
         rec: dict[str, float] = {}
+        ema = self.eval_model()
         for subset, prefix in EVAL_SUBSETS:
             if not self.store.has(subset) or self.store.subset(subset).count == 0:
                 continue
             s = self.store.subset(subset)
             labels = s.labels
             known = labels >= 0
-            probs = self.predict(self.ema.model, s.images)
+            probs = self.predict(ema, s.images)
             for k, v in classification_metrics(probs[known], labels[known], self.class_names).items():
                 rec[f"{prefix}/{k}"] = v
             if subset == "test":
@@ -390,7 +400,8 @@ class Trainer:
             "image_shape": self.image_shape, "input": "uint8 NCHW -> x * 2/255 - 1", "images": self.images,
             "precision": str(self.autocast_dtype or torch.float32),
             "fast_path": dataclasses.asdict(self.fast), "world_size": self.dist.world_size,
-            "fingerprint": self.fingerprint, "model": self.ema.model.state_dict(),
+            "fingerprint": self.fingerprint, "model": self.eval_model().state_dict(),
+            "ema_bn": self.params.train.ema_bn,  # how the EMA model's BN statistics in "model" were made
             "raw_model": self.model.state_dict(), "metrics": self.history[-1] if self.history else {},
             "history": self.history,  # every evaluation: the `evaluate` stage's last-N medians read it
         }

@@ -11,7 +11,7 @@ import torch
 
 from realmix import checkpoint as ckpt
 from realmix.data_stream import IndexStream
-from realmix.ema import EMA
+from realmix.ema import EMA, with_own_bn_stats
 from realmix.errors import RealmixError
 from realmix.metrics import classification_metrics, confusion_matrix
 from realmix.models import build_model
@@ -51,6 +51,37 @@ def test_ema_update_averages_parameters_and_copies_buffers():
     assert not ema.model.training
     assert all(not p.requires_grad for p in ema.model.parameters())
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_own_bn_stats_are_the_batch_statistics_of_the_model_itself():
+    model = tiny()
+    perturb(model, 0)  # running statistics of other weights
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    weights = copy.deepcopy(model.state_dict())
+    out = with_own_bn_stats(model, images, batch=4, device=torch.device("cpu"))
+    assert not out.training and out is not model
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # the source is untouched
+    own = out.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in weights.items() if "running" not in k and "num_batches" not in k)
+    # the first BN sees the stem's output: its statistics must be those of that output over the 3 batches
+    from realmix.models import to_input
+    x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
+    bn = next(m for m in out.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    feats = []
+    hook = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).register_forward_hook(
+        lambda m, i, o: feats.append(i[0].detach()))
+    with torch.no_grad():
+        model.eval()(x)
+    hook.remove()
+    chunks = feats[0].split(4)  # batches of 4, 4, 2, averaged with equal weight
+    mean = torch.stack([c.mean((0, 2, 3)) for c in chunks]).mean(0)
+    var = torch.stack([c.var((0, 2, 3), unbiased=True) for c in chunks]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).momentum
+    # and the result is a pure function of (weights, images): no randomness is drawn
+    again = with_own_bn_stats(model, images, batch=4, device=torch.device("cpu")).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in own.items())
 
 
 def test_ema_is_a_separate_copy():

@@ -275,3 +275,30 @@ def test_an_algorithm_section_wd_overrides_train_wd(store):
     assert Trainer(p, "supervised", store, split_seed=1).decay_factor == 1.0 - 0.02 * 0.002
     with pytest.raises(RealmixError, match=r"mean_teacher\.wd=-1"):
         tiny_params(mean_teacher={"wd": -1})
+
+
+def test_ema_bn_recompute_only_changes_what_is_evaluated(tmp_path, store):
+    """recompute (default) and copy train the same weights; model.pt's EMA statistics are its own, the evaluation
+    history reads them, and copy keeps the original's raw statistics."""
+    out = {}
+    for mode in ("recompute", "copy"):
+        p = tiny_params(train={"ema_bn": mode})
+        trainer = Trainer(p, "supervised", store, split_seed=1)
+        trainer.fit(tmp_path / mode)
+        out[mode] = (trainer, ckpt.load(tmp_path / mode / "model.pt", expect=ckpt.MODEL_FORMAT))
+    (t_re, m_re), (_, m_cp) = out["recompute"], out["copy"]
+    assert state_equal(m_re["raw_model"], m_cp["raw_model"])  # training is untouched
+    assert m_re["ema_bn"] == "recompute" and m_cp["ema_bn"] == "copy"
+    stats = [k for k in m_re["model"] if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats
+    assert all(torch.equal(m_cp["model"][k], m_cp["raw_model"][k]) for k in stats)  # copied from the raw model
+    assert not all(torch.equal(m_re["model"][k], m_re["raw_model"][k]) for k in stats)
+    weights = [k for k in m_re["model"] if k not in stats and "num_batches" not in k]
+    assert all(torch.equal(m_re["model"][k], m_cp["model"][k]) for k in weights)  # same EMA weights
+    # the saved model reproduces the last logged evaluation (evaluate and predict read model.pt)
+    from realmix.inference import load_model
+    model, _ = load_model(tmp_path / "recompute" / "model.pt")
+    test = store.subset("test")
+    probs = t_re.predict(model, test.images)
+    acc = 100.0 * float((probs.argmax(1) == test.labels).mean())
+    assert acc == pytest.approx(m_re["history"][-1]["test/accuracy"])
