@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from realmix import params, pipeline
-from realmix.sources import cifar, svhn
+from realmix.sources import cifar, fashion_mnist, svhn
+from tests import test_fashion_mnist
 from tests.conftest import ROOT
 from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
 
@@ -18,13 +19,17 @@ PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
 def test_presets_exist_and_parse():
-    assert {p.name for p in PRESETS} >= {"cifar10.yaml", "svhn.yaml", "mismatch_cifar10.yaml", "mismatch_digits.yaml"}
+    assert {p.name for p in PRESETS} >= {"cifar10.yaml", "svhn.yaml", "mismatch_cifar10.yaml", "mismatch_digits.yaml",
+                                         "fashion.yaml", "mismatch_fashion.yaml"}
     for path in PRESETS:
         p = params.load(path)
-        if p.dataset.source != "digits":
+        cpu_sized = p.dataset.source in ("digits", "fashion_mnist")  # the others are the paper's GPU setups
+        if not cpu_sized:
             assert 250 in p.split.sizes and p.split.nvalid == 5000
         if path.name.startswith("mismatch_"):  # the study: supervised baseline, MixMatch, RealMix at every level
-            assert p.mismatch.levels == [0, 25, 50, 75, 100] and len(p.split.seeds) >= 3
+            levels = [0, 25, 50, 75, 100]
+            assert p.mismatch.levels == levels if not cpu_sized else {0, 50, 100} <= set(p.mismatch.levels)
+            assert sorted(p.mismatch.unlabelled_classes) == levels and len(p.split.seeds) >= 3
             assert p.train.mismatch_algorithms == ["supervised", "mixmatch"]
             assert p.train.mismatch_aug_algorithms == ["realmix"] and p.preaugment.mismatch_copies
             assert p.tsa == "linear_schedule" and p.realmix.ood_mask != "none"
@@ -94,3 +99,27 @@ def test_svhn_preset_at_toy_size(in_tmp, monkeypatch):
     assert aug.subset("unlabel").count == 3 * s.subset("unlabel").count
     assert p.train.augment == "svhn" and p.mixmatch.w_match == 250
     train_toy(p, "mixmatch", "svhn_noextra.2@20-10")
+
+
+def test_fashion_presets_at_toy_size(in_tmp, monkeypatch):
+    """The 10-class benchmark and the mismatch study of Fashion-MNIST on tiny IDX files (28 x 28 x 1)."""
+    monkeypatch.setitem(test_fashion_mnist.COUNTS, "train", 100)  # room for 20 labels, 10 validation, a pool
+    test_fashion_mnist.install(in_tmp / "archives", monkeypatch)
+    p = toy(ROOT / "presets" / "fashion.yaml", in_tmp, seeds=[1], sizes=[20], nvalid=10)
+    store = pipeline.download(p)
+    assert store.image_shape == [28, 28, 1] and store.class_names == fashion_mnist.CLASS_NAMES
+    assert p.mismatch.levels == [] and p.train.algorithms == ["supervised", "mixmatch"]
+    pipeline.split(p, 1, 20)
+    pipeline.preaugment(p, "fashion.1@20-10", 2)
+    train_toy(p, "realmix", "fashion_aug2.1@20-10")
+
+    m = toy(ROOT / "presets" / "mismatch_fashion.yaml", in_tmp, seeds=[1], sizes=[20], nvalid=10)
+    assert m.mismatch.labelled_classes == [0, 1, 2, 3, 4, 6]
+    assert m.mismatch.unlabelled_classes == {0: [2, 3, 4, 6], 25: [5, 3, 4, 6], 50: [5, 7, 4, 6], 75: [5, 7, 8, 6],
+                                             100: [5, 7, 8, 9]}
+    for level in (0, 100):
+        s = pipeline.mismatch(m, 1, level)
+        assert s.class_names == ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Shirt"]
+        unlabelled = set(np.unique(s.subset("unlabel").labels).tolist())
+        assert unlabelled == ({2, 3, 4, 5} if level == 0 else {-1})  # remapped ids; out-of-class = unknown
+    train_toy(m, "mixmatch", "fashion6_mismatch100.1@20-10")
