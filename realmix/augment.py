@@ -25,6 +25,8 @@ __all__ = [
     "color_jitter",
     "flip_shift",
     "hsv_to_rgb",
+    "RANDAUGMENT_OPS",
+    "rand_augment",
     "random_erase",
     "rgb_to_hsv",
 ]
@@ -256,6 +258,156 @@ def random_erase(
     mask = (in_y[:, :, None] & in_x[:, None, :])[..., None]  # N x H x W x 1 (images not erased: empty)
     out = torch.where(mask, fill.view(-1, 1, 1, 1), _nhwc(x))
     return _nchw(out.contiguous())
+
+
+# -- RandAugment (FixMatch's strong augmentation) ---------------------------------------------------------
+# FixMatch's RandAugmentMC pool. Magnitudes v ~ U{1..9} per image and op, scaled as in FixMatch's PyTorch code:
+# enhance factors 0.05 + 0.09 v, rotate 3 v degrees, shear 0.03 v, translate 0.03 v of the side (random sign),
+# posterize 4 + floor(0.4 v) bits, solarize at 256 - floor(25.6 v).
+RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "brightness", "color", "contrast", "sharpness",
+                   "posterize", "solarize", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+_GRAY_FILL = 0.5  # geometric borders and the cutout square (FixMatch fills cutout with gray 127)
+
+
+def _gray(y: Tensor) -> Tensor:
+    """Luma (ITU-R 601-2, as PIL's convert("L")) as N x 1 x H x W; a 1-channel image is its own luma."""
+    if y.shape[1] == 1:
+        return y
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+    return (y * w).sum(1, keepdim=True)
+
+
+def _blend(y: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """PIL's ImageEnhance: other + factor * (y - other), clamped; factor per image."""
+    return (other + factor.view(-1, 1, 1, 1) * (y - other)).clamp(0, 1)
+
+
+def _smoothed(y: Tensor) -> Tensor:
+    """PIL's SMOOTH filter (3x3, centre weight 5, total 13) with the border pixels kept, as ImageEnhance.Sharpness."""
+    c = y.shape[1]
+    k = torch.ones(3, 3, dtype=y.dtype, device=y.device)
+    k[1, 1] = 5
+    k = (k / 13).expand(c, 1, 3, 3)
+    inner = torch.nn.functional.conv2d(y, k, groups=c)
+    out = y.clone()
+    out[:, :, 1:-1, 1:-1] = inner
+    return out
+
+
+def _affine(y: Tensor, lin: Tensor, shift: Tensor) -> Tensor:
+    """Per-image affine warp about the image centre, nearest sampling, gray outside.
+
+    lin (N x 2 x 2) maps output to source pixel offsets from the centre; shift (N x 2) is added in pixels (x, y).
+    """
+    n, _, h, w = y.shape
+    to_norm = torch.tensor([2.0 / w, 2.0 / h], dtype=y.dtype, device=y.device)
+    theta = torch.empty(n, 2, 3, dtype=y.dtype, device=y.device)
+    # normalised coordinates: theta = D lin D^-1 with D = diag(2/W, 2/H)
+    theta[:, :, :2] = to_norm.view(1, 2, 1) * lin / to_norm.view(1, 1, 2)
+    theta[:, :, 2] = shift * to_norm
+    grid = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    inside = torch.ones_like(y[:, :1])
+    ys = torch.nn.functional.grid_sample(torch.cat([y, inside], 1), grid, mode="nearest", padding_mode="zeros",
+                                         align_corners=False)
+    return ys[:, :-1] + _GRAY_FILL * (1 - ys[:, -1:])
+
+
+def randaugment_op(y: Tensor, op: str, v: Tensor, sign: Tensor) -> Tensor:
+    """One RandAugment op on float N x C x H x W images in [0, 1] with per-image magnitude v (1..9, float) and
+    sign (+-1, for the symmetric geometric ops)."""
+    n, _, h, w = y.shape
+    f = 0.05 + 0.09 * v  # enhance factor
+    if op == "identity":
+        return y
+    if op == "autocontrast":  # per channel: stretch min..max to 0..1 (constant planes unchanged)
+        lo = y.amin((2, 3), keepdim=True)
+        hi = y.amax((2, 3), keepdim=True)
+        span = hi - lo
+        return torch.where(span > 0, (y - lo) / span.clamp_min(1e-12), y)
+    if op == "equalize":  # torchvision's equalize treats every image and channel of a batch on its own
+        from torchvision.transforms.v2 import functional as tvf
+
+        return tvf.equalize((y * 255).round().to(torch.uint8)).to(y.dtype) / 255
+    if op == "brightness":
+        return _blend(y, torch.zeros_like(y), f)
+    if op == "color":
+        return _blend(y, _gray(y).expand_as(y), f)
+    if op == "contrast":
+        mean = _gray(y).mean((1, 2, 3), keepdim=True)
+        return _blend(y, mean.expand_as(y), f)
+    if op == "sharpness":
+        return _blend(y, _smoothed(y), f)
+    if op in ("posterize", "solarize"):
+        q = (y * 255).round()
+        if op == "posterize":
+            step = torch.pow(2.0, 8 - (4 + torch.floor(0.4 * v))).view(-1, 1, 1, 1)  # keep 4..7 bits
+            return torch.floor(q / step) * step / 255
+        threshold = (256 - torch.floor(25.6 * v)).view(-1, 1, 1, 1)
+        return torch.where(q >= threshold, 255 - q, q) / 255
+    lin = torch.eye(2, dtype=y.dtype, device=y.device).repeat(n, 1, 1)
+    shift = torch.zeros(n, 2, dtype=y.dtype, device=y.device)
+    if op == "rotate":
+        a = torch.deg2rad(3.0 * v * sign)
+        cos, sin = torch.cos(a), torch.sin(a)
+        lin = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    elif op == "shear_x":
+        lin[:, 0, 1] = 0.03 * v * sign
+    elif op == "shear_y":
+        lin[:, 1, 0] = 0.03 * v * sign
+    elif op == "translate_x":
+        shift[:, 0] = torch.round(0.03 * v * w) * sign
+    elif op == "translate_y":
+        shift[:, 1] = torch.round(0.03 * v * h) * sign
+    else:
+        raise ValueError(f"unknown RandAugment op {op!r}; choose one of: {', '.join(RANDAUGMENT_OPS)}")
+    return _affine(y, lin.to(y.dtype), shift)
+
+
+def cutout_square(y: Tensor, generator: torch.Generator, side: int) -> Tensor:
+    """FixMatch's CutoutAbs: a side x side gray square (clipped at the borders) at a uniform random centre."""
+    n, _, h, w = y.shape
+    cy = _randint(generator, 0, h, n, y.device)
+    cx = _randint(generator, 0, w, n, y.device)
+    top, left = (cy - side // 2).clamp_min(0), (cx - side // 2).clamp_min(0)
+    bottom, right = (cy - side // 2 + side).clamp_max(h), (cx - side // 2 + side).clamp_max(w)
+    rows = torch.arange(h, device=y.device)
+    cols = torch.arange(w, device=y.device)
+    in_y = (rows >= top[:, None]) & (rows < bottom[:, None])
+    in_x = (cols >= left[:, None]) & (cols < right[:, None])
+    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]
+    return torch.where(mask, torch.full_like(y, _GRAY_FILL), y)
+
+
+def rand_augment(x: Tensor, generator: torch.Generator, *, ops: int = 2, cutout: float = 0.5) -> Tensor:
+    """FixMatch's strong augmentation (RandAugmentMC), drawn per image: `ops` ops from the 14-op pool, each with
+    its own magnitude and applied with probability 0.5, then a gray cutout square of side `cutout` x the image side.
+
+    torchvision's RandAugment draws one op and magnitude per call (one set for a whole batch), so the draws here
+    are tensors over the batch and every op is computed for the batch and selected per image; torchvision's
+    functional `equalize` does the one op that is per image already. No host reads: it stays sync-free on CUDA.
+    """
+    _check(x)
+    n = x.shape[0]
+    dev = x.device
+    y = x.to(_work_dtype(x.dtype))
+    if x.dtype == torch.uint8:
+        y = y / 255
+    for _ in range(ops):
+        choice = _randint(generator, 0, len(RANDAUGMENT_OPS), n, dev)
+        v = _randint(generator, 1, 10, n, dev).to(y.dtype)
+        sign = torch.where(_uniform(generator, n, 0.0, 1.0, dev) < 0.5, -1.0, 1.0).to(y.dtype)
+        apply = _uniform(generator, n, 0.0, 1.0, dev) < 0.5
+        for j, name in enumerate(RANDAUGMENT_OPS[1:], start=1):
+            picked = ((choice == j) & apply).view(-1, 1, 1, 1)
+            y = torch.where(picked, randaugment_op(y, name, v, sign), y)
+    side = int(cutout * min(x.shape[2], x.shape[3]))
+    if side > 0:
+        y = cutout_square(y, generator, side)
+    if x.dtype == torch.uint8:
+        y = (y * 255).round().clamp(0, 255).to(torch.uint8)
+    else:
+        y = y.clamp(0, 1).to(x.dtype)
+    return _nchw(_nhwc(y).contiguous())
 
 
 # -- named augmentations ---------------------------------------------------------------------------------
