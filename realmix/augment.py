@@ -260,154 +260,179 @@ def random_erase(
     return _nchw(out.contiguous())
 
 
-# -- RandAugment (FixMatch's strong augmentation) ---------------------------------------------------------
-# FixMatch's RandAugmentMC pool. Magnitudes v ~ U{1..9} per image and op, scaled as in FixMatch's PyTorch code:
-# enhance factors 0.05 + 0.09 v, rotate 3 v degrees, shear 0.03 v, translate 0.03 v of the side (random sign),
-# posterize 4 + floor(0.4 v) bits, solarize at 256 - floor(25.6 v).
-RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "brightness", "color", "contrast", "sharpness",
-                   "posterize", "solarize", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
-_GRAY_FILL = 0.5  # geometric borders and the cutout square (FixMatch fills cutout with gray 127)
+# -- RandAugment ------------------------------------------------------------------------------------------
+# FixMatch's RandAugmentMC pool (kekmodel/FixMatch-pytorch, fixmatch_augment_pool), in its order.
+RANDAUGMENT_OPS = (
+    "autocontrast", "brightness", "color", "contrast", "equalize", "identity", "posterize",
+    "rotate", "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y",
+)  # fmt: skip
+_OP = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+_BLEND = ("brightness", "color", "contrast", "sharpness")
+_GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+_CUTOUT_FILL = 127  # FixMatch-pytorch's grey; 127/255 for float images
 
 
-def _gray(y: Tensor) -> Tensor:
-    """Luma (ITU-R 601-2, as PIL's convert("L")) as N x 1 x H x W; a 1-channel image is its own luma."""
-    if y.shape[1] == 1:
-        return y
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
-    return (y * w).sum(1, keepdim=True)
+def _tvf():
+    # Imported lazily: torchvision costs ~1 s to import and only RandAugment needs it (realmix/__init__.py has
+    # already installed its CPU-torch import fix, since this module is part of the package).
+    import torchvision.transforms.v2.functional as tvf
+
+    return tvf
 
 
-def _blend(y: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """PIL's ImageEnhance: other + factor * (y - other), clamped; factor per image."""
-    return (other + factor.view(-1, 1, 1, 1) * (y - other)).clamp(0, 1)
+def rand_augment(
+    x: Tensor, generator: torch.Generator, *, ops: int = 2, magnitude_max: int = 10, cutout: float = 0.5
+) -> Tensor:
+    """FixMatch's RandAugmentMC then Cutout, drawn independently per image.
 
+    Per image and per round (`ops` rounds): an op is drawn uniformly from `RANDAUGMENT_OPS` (with
+    replacement across rounds), applied with probability 0.5, at magnitude v uniform in
+    {1, ..., magnitude_max - 1} (FixMatch-pytorch's np.random.randint(1, m)), with a random sign for the
+    signed ops. Magnitudes (the reference's PIL semantics, see `_ra_round`): brightness / color / contrast /
+    sharpness blend factor 0.09 v + 0.05; posterize to 4 + (4v // 10) bits; rotate by 3v degrees; shear
+    0.03 v; translate trunc(0.03 v * size) pixels; solarize above 256 - (256v // 10). Then Cutout: a square
+    of side int(cutout * min(H, W)) (16 px on 32 px images, as the reference's CutoutAbs(img, 16)) at a
+    uniform random centre, clipped at the border, filled with grey 127 (127/255 for floats).
 
-def _smoothed(y: Tensor) -> Tensor:
-    """PIL's SMOOTH filter (3x3, centre weight 5, total 13) with the border pixels kept, as ImageEnhance.Sharpness."""
-    c = y.shape[1]
-    k = torch.ones(3, 3, dtype=y.dtype, device=y.device)
-    k[1, 1] = 5
-    k = (k / 13).expand(c, 1, 3, 3)
-    inner = torch.nn.functional.conv2d(y, k, groups=c)
-    out = y.clone()
-    out[:, :, 1:-1, 1:-1] = inner
-    return out
-
-
-def _affine(y: Tensor, lin: Tensor, shift: Tensor) -> Tensor:
-    """Per-image affine warp about the image centre, nearest sampling, gray outside.
-
-    lin (N x 2 x 2) maps output to source pixel offsets from the centre; shift (N x 2) is added in pixels (x, y).
-    """
-    n, _, h, w = y.shape
-    to_norm = torch.tensor([2.0 / w, 2.0 / h], dtype=y.dtype, device=y.device)
-    theta = torch.empty(n, 2, 3, dtype=y.dtype, device=y.device)
-    # normalised coordinates: theta = D lin D^-1 with D = diag(2/W, 2/H)
-    theta[:, :, :2] = to_norm.view(1, 2, 1) * lin / to_norm.view(1, 1, 2)
-    theta[:, :, 2] = shift * to_norm
-    grid = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    inside = torch.ones_like(y[:, :1])
-    ys = torch.nn.functional.grid_sample(torch.cat([y, inside], 1), grid, mode="nearest", padding_mode="zeros",
-                                         align_corners=False)
-    return ys[:, :-1] + _GRAY_FILL * (1 - ys[:, -1:])
-
-
-def randaugment_op(y: Tensor, op: str, v: Tensor, sign: Tensor) -> Tensor:
-    """One RandAugment op on float N x C x H x W images in [0, 1] with per-image magnitude v (1..9, float) and
-    sign (+-1, for the symmetric geometric ops)."""
-    n, _, h, w = y.shape
-    f = 0.05 + 0.09 * v  # enhance factor
-    if op == "identity":
-        return y
-    if op == "autocontrast":  # per channel: stretch min..max to 0..1 (constant planes unchanged)
-        lo = y.amin((2, 3), keepdim=True)
-        hi = y.amax((2, 3), keepdim=True)
-        span = hi - lo
-        return torch.where(span > 0, (y - lo) / span.clamp_min(1e-12), y)
-    if op == "equalize":  # torchvision's equalize treats every image and channel of a batch on its own
-        from torchvision.transforms.v2 import functional as tvf
-
-        return tvf.equalize((y * 255).round().to(torch.uint8)).to(y.dtype) / 255
-    if op == "brightness":
-        return _blend(y, torch.zeros_like(y), f)
-    if op == "color":
-        return _blend(y, _gray(y).expand_as(y), f)
-    if op == "contrast":
-        mean = _gray(y).mean((1, 2, 3), keepdim=True)
-        return _blend(y, mean.expand_as(y), f)
-    if op == "sharpness":
-        return _blend(y, _smoothed(y), f)
-    if op in ("posterize", "solarize"):
-        q = (y * 255).round()
-        if op == "posterize":
-            step = torch.pow(2.0, 8 - (4 + torch.floor(0.4 * v))).view(-1, 1, 1, 1)  # keep 4..7 bits
-            return torch.floor(q / step) * step / 255
-        threshold = (256 - torch.floor(25.6 * v)).view(-1, 1, 1, 1)
-        return torch.where(q >= threshold, 255 - q, q) / 255
-    lin = torch.eye(2, dtype=y.dtype, device=y.device).repeat(n, 1, 1)
-    shift = torch.zeros(n, 2, dtype=y.dtype, device=y.device)
-    if op == "rotate":
-        a = torch.deg2rad(3.0 * v * sign)
-        cos, sin = torch.cos(a), torch.sin(a)
-        lin = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    elif op == "shear_x":
-        lin[:, 0, 1] = 0.03 * v * sign
-    elif op == "shear_y":
-        lin[:, 1, 0] = 0.03 * v * sign
-    elif op == "translate_x":
-        shift[:, 0] = torch.round(0.03 * v * w) * sign
-    elif op == "translate_y":
-        shift[:, 1] = torch.round(0.03 * v * h) * sign
-    else:
-        raise ValueError(f"unknown RandAugment op {op!r}; choose one of: {', '.join(RANDAUGMENT_OPS)}")
-    return _affine(y, lin.to(y.dtype), shift)
-
-
-def cutout_square(y: Tensor, generator: torch.Generator, side: int) -> Tensor:
-    """FixMatch's CutoutAbs: a side x side gray square (clipped at the borders) at a uniform random centre."""
-    n, _, h, w = y.shape
-    cy = _randint(generator, 0, h, n, y.device)
-    cx = _randint(generator, 0, w, n, y.device)
-    top, left = (cy - side // 2).clamp_min(0), (cx - side // 2).clamp_min(0)
-    bottom, right = (cy - side // 2 + side).clamp_max(h), (cx - side // 2 + side).clamp_max(w)
-    rows = torch.arange(h, device=y.device)
-    cols = torch.arange(w, device=y.device)
-    in_y = (rows >= top[:, None]) & (rows < bottom[:, None])
-    in_x = (cols >= left[:, None]) & (cols < right[:, None])
-    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]
-    return torch.where(mask, torch.full_like(y, _GRAY_FILL), y)
-
-
-def rand_augment(x: Tensor, generator: torch.Generator, *, ops: int = 2, cutout: float = 0.5) -> Tensor:
-    """FixMatch's strong augmentation (RandAugmentMC), drawn per image: `ops` ops from the 14-op pool, each with
-    its own magnitude and applied with probability 0.5, then a gray cutout square of side `cutout` x the image side.
-
-    torchvision's RandAugment draws one op and magnitude per call (one set for a whole batch), so the draws here
-    are tensors over the batch and every op is computed for the batch and selected per image; torchvision's
-    functional `equalize` does the one op that is per image already. No host reads: it stays sync-free on CUDA.
+    uint8 data is rounded to 0..255 after every op, as PIL does; float data stays continuous in [0, 1].
+    No tensor value is read on the host: every op is computed for every image and selected per image
+    (boolean indexing by op would need the selected count on the host).
     """
     _check(x)
-    n = x.shape[0]
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, got {ops}")
+    if not 2 <= magnitude_max <= 11:
+        raise ValueError(f"magnitude_max must be in 2..11 (v is drawn in 1..magnitude_max-1), got {magnitude_max}")
+    if not 0.0 <= cutout <= 1.0:
+        raise ValueError(f"cutout must be in [0, 1], got {cutout}")
+    n, c, h, w = x.shape
+    if c not in (1, 3):
+        raise ValueError(f"RandAugment needs 1 or 3 channels, got {c}")
     dev = x.device
-    y = x.to(_work_dtype(x.dtype))
-    if x.dtype == torch.uint8:
-        y = y / 255
+    y, quantize = _ra_work(x)
     for _ in range(ops):
-        choice = _randint(generator, 0, len(RANDAUGMENT_OPS), n, dev)
-        v = _randint(generator, 1, 10, n, dev).to(y.dtype)
-        sign = torch.where(_uniform(generator, n, 0.0, 1.0, dev) < 0.5, -1.0, 1.0).to(y.dtype)
-        apply = _uniform(generator, n, 0.0, 1.0, dev) < 0.5
-        for j, name in enumerate(RANDAUGMENT_OPS[1:], start=1):
-            picked = ((choice == j) & apply).view(-1, 1, 1, 1)
-            y = torch.where(picked, randaugment_op(y, name, v, sign), y)
-    side = int(cutout * min(x.shape[2], x.shape[3]))
-    if side > 0:
-        y = cutout_square(y, generator, side)
+        op = _randint(generator, 0, len(RANDAUGMENT_OPS), n, dev)
+        applied = _uniform(generator, n, 0.0, 1.0, dev) < 0.5
+        v = _randint(generator, 1, magnitude_max, n, dev)
+        negate = _uniform(generator, n, 0.0, 1.0, dev) < 0.5
+        y = _ra_round(y, torch.where(applied, op, _OP["identity"]), v, negate, quantize)
+    # Cutout (CutoutAbs): x0 = int(max(0, cx - s/2)), x1 = min(W, x0 + s); the same on the rows.
+    side = int(cutout * min(h, w))
+    cx = _uniform(generator, n, 0.0, float(w), dev)
+    cy = _uniform(generator, n, 0.0, float(h), dev)
+    x0 = (cx - side / 2).clamp_(min=0.0).long()
+    y0 = (cy - side / 2).clamp_(min=0.0).long()
+    in_x = (torch.arange(w, device=dev) >= x0[:, None]) & (torch.arange(w, device=dev) < (x0 + side)[:, None])
+    in_y = (torch.arange(h, device=dev) >= y0[:, None]) & (torch.arange(h, device=dev) < (y0 + side)[:, None])
+    box = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # N x 1 x H x W
+    y = torch.where(box, _CUTOUT_FILL / 255.0, y)
+    return _ra_out(y, x.dtype)
+
+
+def _ra_work(x: Tensor) -> tuple[Tensor, bool]:
+    """The planar float working copy in [0, 1], and whether to round to 1/255 steps after every op."""
+    y = x.to(_work_dtype(x.dtype), copy=True, memory_format=torch.contiguous_format)
     if x.dtype == torch.uint8:
-        y = (y * 255).round().clamp(0, 255).to(torch.uint8)
-    else:
-        y = y.clamp(0, 1).to(x.dtype)
-    return _nchw(_nhwc(y).contiguous())
+        return y.div_(255.0), True
+    return y, False
+
+
+def _ra_out(y: Tensor, dtype: torch.dtype) -> Tensor:
+    if dtype == torch.uint8:
+        y = y.mul(255.0).round_()
+    return y.to(dtype, memory_format=torch.channels_last)
+
+
+def _randaugment_op(x: Tensor, op: int | str | Tensor, v: int | Tensor, negate: bool | Tensor = False) -> Tensor:
+    """Apply one RandAugment op (name or index, or a per-image index tensor) at magnitude v to every image.
+
+    Deterministic: for tests and inspection. Same input/output conventions as `rand_augment`.
+    """
+    _check(x)
+    n, dev = x.shape[0], x.device
+    if isinstance(op, str):
+        op = _OP[op]
+    op, v, negate = (torch.as_tensor(t, device=dev).expand(n) for t in (op, v, negate))
+    y, quantize = _ra_work(x)
+    return _ra_out(_ra_round(y, op.long(), v.long(), negate.bool(), quantize), x.dtype)
+
+
+def _ra_round(y: Tensor, op: Tensor, v: Tensor, negate: Tensor, quantize: bool) -> Tensor:
+    """One RandAugment round on the planar working batch y (N x C x H x W in [0, 1]): image i gets op[i]
+    at magnitude v[i] (N longs), sign -1 where negate[i].
+
+    Every op is computed for the whole batch and chosen with torch.where. torchvision (v2.functional)
+    supplies the pieces that are per image without parameters: `equalize` (per image and channel
+    histograms, PIL's LUT), the Sharpness degenerate (`adjust_sharpness(y, 0)`: PIL's 3x3 smoothing, border
+    kept) and `rgb_to_grayscale`. What it cannot do is take one factor, angle or threshold per image in a
+    batched call (each takes a Python number, and its argument checks would read a tensor on the host), so
+    the blends, posterize, solarize, autocontrast (its bool-mask assignment syncs on CUDA) and the affine
+    warps are written here, the warps as one nearest-neighbour gather through per-image PIL-style matrices.
+    """
+    tvf = _tvf()
+    n, c, h, w = y.shape
+    dt = y.dtype
+    is_op = {name: (op == i).view(-1, 1, 1, 1) for name, i in _OP.items()}
+
+    def q(t: Tensor) -> Tensor:  # PIL works on uint8: round every intermediate image
+        return t.mul(255.0).round_().div_(255.0) if quantize else t
+
+    out = y
+    # Blends (PIL ImageEnhance): degenerate + f * (image - degenerate), f = 0.09 v + 0.05.
+    gray = q(tvf.rgb_to_grayscale(y)) if c == 3 else y
+    degenerate = torch.where(is_op["brightness"], 0.0, gray.expand_as(y))  # color: grey; brightness: black
+    mean = q(_plane_mean(gray))  # contrast: mean of the grey image, one value per image
+    degenerate = torch.where(is_op["contrast"], mean, degenerate)
+    degenerate = torch.where(is_op["sharpness"], q(tvf.adjust_sharpness(y, 0.0)), degenerate)
+    factor = (v.to(dt) * 0.09 + 0.05).view(-1, 1, 1, 1)
+    blended = q(degenerate + factor * (y - degenerate)).clamp_(0.0, 1.0)
+    is_blend = torch.stack([is_op[k] for k in _BLEND]).any(0)
+    out = torch.where(is_blend, blended, out)
+
+    # AutoContrast: per image and channel, stretch [min, max] to [0, 1]; flat channels are left alone.
+    lo = y.amin(dim=(2, 3), keepdim=True)
+    hi = y.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    stretched = ((y - lo) / torch.where(flat, 1.0, hi - lo)).clamp_(0.0, 1.0)
+    out = torch.where(is_op["autocontrast"] & ~flat, q(stretched), out)
+    out = torch.where(is_op["equalize"], tvf.equalize(y), out)
+
+    # Posterize / Solarize on the 0..255 scale (exact bit masks for uint8 data).
+    y255 = y * 255.0
+    if quantize:
+        y255 = y255.round_()
+    step = torch.pow(2.0, 4 - (v * 4) // 10).to(dt).view(-1, 1, 1, 1)  # 2 ** (8 - bits), bits = 4 + 4v//10
+    out = torch.where(is_op["posterize"], torch.floor(y255 / step) * step / 255.0, out)
+    threshold = (256 - (v * 256) // 10).to(dt).view(-1, 1, 1, 1)
+    out = torch.where(is_op["solarize"] & (y255 >= threshold), 1.0 - y, out)
+
+    # Geometry: output pixel centre p -> source M p (PIL's inverse affine maps), nearest = floor, fill 0.
+    sign = torch.where(negate, -1.0, 1.0).to(dt)
+    rot = torch.deg2rad((v * 3).to(dt)) * sign  # PIL rotate(deg): counter-clockwise about (W/2, H/2)
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    shear = v.to(dt) * 0.03 * sign
+    tx = torch.where(negate, -1, 1) * ((v * 3 * w) // 100)  # int(0.03 v * W), truncated before the sign
+    ty = torch.where(negate, -1, 1) * ((v * 3 * h) // 100)
+    r, sx, sy = (op == _OP[k] for k in ("rotate", "shear_x", "shear_y"))
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    a = torch.where(r, cos, one)
+    b = torch.where(r, -sin, torch.where(sx, shear, zero))
+    d = torch.where(r, sin, torch.where(sy, shear, zero))
+    e = a
+    cx, cy = w / 2, h / 2
+    c0 = torch.where(r, cx - a * cx - b * cy, torch.where(op == _OP["translate_x"], tx.to(dt), zero))
+    f0 = torch.where(r, cy - d * cx - e * cy, torch.where(op == _OP["translate_y"], ty.to(dt), zero))
+    px = (torch.arange(w, device=y.device, dtype=dt) + 0.5).view(1, 1, w)
+    py = (torch.arange(h, device=y.device, dtype=dt) + 0.5).view(1, h, 1)
+    col = lambda t: t.view(-1, 1, 1)  # noqa: E731
+    src_x = torch.floor(col(a) * px + col(b) * py + col(c0)).long()  # N x H x W
+    src_y = torch.floor(col(d) * px + col(e) * py + col(f0)).long()
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    index = (src_y.clamp(0, h - 1) * w + src_x.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
+    warped = y.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    warped = torch.where(inside[:, None], warped, 0.0)
+    is_geo = torch.stack([is_op[k] for k in _GEOMETRIC]).any(0)
+    return torch.where(is_geo, warped, out)
 
 
 # -- named augmentations ---------------------------------------------------------------------------------
