@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from realmix.store import Store, StoreWriter
@@ -93,3 +94,23 @@ def project(tmp_path: Path) -> Path:
     for name in ("stages", "examples", "realmix"):
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
+
+
+# Python-level reads of a tensor's value: on CUDA each one waits for the GPU queue to drain.
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu")
+
+
+@pytest.fixture
+def forbid_host_reads(monkeypatch):
+    """Call it as `forbid_host_reads("inside X")`: from then on every host read of a tensor value raises."""
+
+    def forbid(where: str) -> None:
+        def forbidden(name):
+            def read(self, *args, **kwargs):
+                raise AssertionError(f"Tensor.{name}() {where}")
+            return read
+
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+
+    return forbid

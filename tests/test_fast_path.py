@@ -14,7 +14,6 @@ from tests.test_train import tiny_params
 
 ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
               "mixmatch", "realmix"]
-HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu")
 
 
 def test_auto_is_on_for_cuda_and_off_for_cpu():
@@ -104,7 +103,7 @@ def test_compiled_run_matches_eager(store):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, algorithm):
+def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, forbid_host_reads, algorithm):
     """Nothing in a training step (sampling, augmentation, the algorithm, backward, fused Adam, decay, EMA, the
     logged values) reads a tensor on the host: on CUDA any such read would stall the GPU queue. Checked on CPU by
     making every Python-level read raise; the loss check is the CPU path's deliberate read (CUDA defers it)."""
@@ -112,13 +111,7 @@ def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, algorithm):
     trainer.step()
     monkeypatch.setattr(trainer, "_check_finite", lambda loss: None)
 
-    def forbidden(name):
-        def read(self, *args, **kwargs):
-            raise AssertionError(f"Tensor.{name}() inside a training step")
-        return read
-
-    for name in HOST_READS:
-        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    forbid_host_reads("inside a training step")
     for _ in range(2):
         trainer.step()
 
