@@ -1,5 +1,6 @@
-"""Time one training step (sampling + augmentation, forwards, losses, backward, Adam, decay, EMA) on CPU or CUDA,
-with the fast path off and on.
+"""Time one training step (sampling + augmentation, forwards, losses, backward, optimiser, decay, EMA) on CPU or
+CUDA, with the fast path off and on (default algorithms: supervised, MixMatch, RealMix, FixMatch, IOMatch; the
+last two at the paper's mu 7 with RandAugment strong views and SGD).
 
     .venv/bin/python benchmarks/train_step.py                        # WRN-28-2, batch 64, this device, all three
     .venv/bin/python benchmarks/train_step.py --algorithms realmix --steps 40
@@ -50,7 +51,7 @@ from realmix.train import Trainer  # noqa: E402
 
 MEMORY_FORMATS = ("default", "contiguous", "channels_last")
 PRECISIONS = ("fp32", "bf16")
-PARTS = ("augment", "forward", "backward", "optim+decay", "ema", "other")
+PARTS = ("augment", "forward", "backward", "optim+decay", "ema", "other")  # optim: Adam or SGD (fixmatch, iomatch)
 FAST_OFF = {"precision": "fp32", "channels_last": False, "fused_adam": False, "pin_memory": False, "compile": False}
 # dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by device name; the first matching pattern wins
 BF16_PEAK_TFLOPS = (
@@ -115,7 +116,8 @@ def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, overrid
     torch.set_num_threads(args.threads)
     if contiguous_inputs:  # the loop feeds channels-last (NHWC) memory; this makes every input NCHW
         augment = trainer.augment
-        trainer.augment = lambda images: augment(images).contiguous()  # type: ignore[method-assign]
+        trainer.augment = lambda images, kinds=("weak",): tuple(  # type: ignore[method-assign]
+            v.contiguous() for v in augment(images, kinds))
     return trainer
 
 
@@ -204,9 +206,7 @@ def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list
         out.loss.backward()
         trainer._check_finite(out.loss.detach())
         t4 = clock()
-        trainer.optimizer.step()
-        with torch.no_grad():
-            torch._foreach_mul_(trainer.decay_params, trainer.decay_factor)
+        trainer.optimizer_step()
         t5 = clock()
         trainer.ema.update()
         t6 = clock()
@@ -229,7 +229,7 @@ def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[
     trainer = make_trainer(store, algorithm, args, overrides, contiguous_inputs)
     times = full_steps(trainer, args.warmup, args.steps)
     result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
-                                 "resolved": describe(trainer), "views": trainer.algo.views}
+                                 "resolved": describe(trainer), "views": trainer.algo.views * trainer.algo.mu}
     if not args.no_breakdown:
         parts = breakdown_steps(trainer, args.warmup, args.steps)
         result["parts"] = {k: statistics.median(v) for k, v in parts.items()}
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
-    ap.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=["supervised", "mixmatch", "realmix"])
+    ap.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=["supervised", "mixmatch", "realmix", "fixmatch", "iomatch"])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

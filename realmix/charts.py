@@ -54,12 +54,24 @@ def training_curves(history: Sequence[dict[str, float]], path: str | os.PathLike
     _save(plt, fig, path)
 
 
+# the accuracy-vs-mismatch panel, then the open-set panels where the runs have their figures:
+# (row key, scale, y label, title)
+MISMATCH_PANELS = (
+    ("last20", 1.0, "test accuracy (%), median of last 20", "accuracy vs class mismatch (mean ± std over seeds)"),
+    ("auroc", 1.0, "AUROC (out-of-class unlabelled)", "the method's out-of-class score on its unlabelled pool"),
+    ("ood_admitted", 100.0, "out-of-class images admitted (%)",
+     "share of out-of-class unlabelled images in the unlabelled loss"),
+)
+
+
 def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Median-of-last-20 test accuracy, mean +- std over seeds: bars per setting and algorithm; plus, when the
-    runs include class-mismatch datasets, accuracy against the mismatch level per algorithm."""
+    runs include class-mismatch datasets, accuracy against the mismatch level per algorithm, and the open-set
+    figures (AUROC, admitted out-of-class share) against the level where the runs have them."""
     mismatch = [r for r in rows if r.get("mismatch") is not None and r["last20"] is not None]
     plain = [r for r in rows if r.get("mismatch") is None]
-    panels = int(bool(plain)) + int(bool(mismatch)) or 1
+    panels_m = [p for p in MISMATCH_PANELS if any(r.get(p[0]) is not None for r in mismatch)]
+    panels = int(bool(plain)) + len(panels_m) or 1
     plt, fig, axes = _figure(7.0, 4.0 * panels, panels)
     axes = axes if panels > 1 else [axes]
     if plain or not mismatch:
@@ -78,20 +90,24 @@ def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
         ax.set_ylim(0, 105)
         ax.set_title("accuracy by setting (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
-    if mismatch:
+    algorithms = sorted({r["algorithm"] for r in mismatch})
+    groups = sorted({(r["algorithm"], r["copies"] or 0) for r in mismatch})
+    for key, scale, ylabel, title in panels_m:
         ax = axes.pop(0)
-        groups = sorted({(r["algorithm"], r["copies"] or 0) for r in mismatch})
-        algorithms = sorted({g[0] for g in groups})
         for algorithm, copies in groups:
-            pts = sorted((r["mismatch"], r["last20"], r["last20_std"] or 0.0) for r in mismatch
-                         if (r["algorithm"], r["copies"] or 0) == (algorithm, copies))
+            pts = sorted((r["mismatch"], r[key] * scale, (r.get(f"{key}_std") or 0.0) * scale) for r in mismatch
+                         if (r["algorithm"], r["copies"] or 0) == (algorithm, copies) and r.get(key) is not None)
+            if not pts:
+                continue
             xs, ys, es = zip(*pts, strict=True)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{algorithms.index(algorithm)}",
                         linestyle="--" if copies else "-",
                         label=f"{algorithm}{f' ({copies} pre-augmented copies)' if copies else ''}")
+        if key == "auroc":
+            ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")  # chance
         ax.set_xlabel("class mismatch of the unlabelled data (%)")
-        ax.set_ylabel("test accuracy (%), median of last 20")
-        ax.set_title("accuracy vs class mismatch (mean ± std over seeds)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     _save(plt, fig, path)

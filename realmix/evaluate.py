@@ -22,9 +22,12 @@ import torch
 from . import atomic
 from .errors import RealmixError
 from .metrics import classification_metrics, confusion_matrix
+from .openset import pool_metrics
 from .store import Store
 
 LAST = (1, 10, 20, 50)
+# open-set figures copied into accuracy.json (the DVC metrics) of class-mismatch runs
+OPEN_SET_METRICS = ("auroc", "auroc_msp", "auroc_open", "ood_admitted", "in_admitted")
 
 
 def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
@@ -63,7 +66,9 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
 
     Writes run_dir/eval/: evaluation.json (accuracy, precision/recall/F1 macro and weighted, per-class accuracy,
     confusion matrix), predictions.npy (N x K probabilities), predictions.csv, accuracy.png (the run's curves);
-    and metrics_path: the last-N medians of the run's evaluation history. Returns the evaluation dict.
+    and metrics_path: the last-N medians of the run's evaluation history. On a class-mismatch split both also
+    get the open-set metrics of the unlabelled pool (realmix/openset.py: AUROC of each out-of-class score, the
+    share of out-of-class / in-class images the method's mask admitted). Returns the evaluation dict.
     """
     from .charts import training_curves
     from .inference import load_model, predict_proba
@@ -96,6 +101,10 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     }
     history = meta.get("history", [])
     medians = {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
+    open_set = pool_metrics(model, store, history, batch=batch, autocast_dtype=amp)
+    if open_set is not None:
+        result["open_set"] = open_set
+        medians.update({k: v for k, v in open_set.items() if k in OPEN_SET_METRICS})
 
     out = run_dir / "eval"
     with atomic.atomic_path(out, directory=True) as tmp:

@@ -39,7 +39,11 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: torch.devi
     return model.to(device).eval(), meta
 
 
-@torch.inference_mode()
+def has_open_heads(model: nn.Module) -> bool:
+    """Whether the network has IOMatch's open-set heads (then `model(x, heads=True)` also gives their logits)."""
+    return getattr(model, "heads", None) is not None
+
+
 def predict_proba(model: nn.Module, images: Any, *, batch: int = 256, device: torch.device | str | None = None,
                   autocast_dtype: torch.dtype | None = None, progress: Any = None) -> np.ndarray:
     """Softmax probabilities (N x K float32) of uint8 N x H x W x C images, `batch` at a time.
@@ -47,20 +51,39 @@ def predict_proba(model: nn.Module, images: Any, *, batch: int = 256, device: to
     The model is put in eval mode for the call (BN running statistics) and restored after. `progress`, if given,
     is called with the number of images done after each batch.
     """
+    return predict_outputs(model, images, batch=batch, device=device, autocast_dtype=autocast_dtype,
+                           progress=progress)[0]
+
+
+@torch.inference_mode()
+def predict_outputs(model: nn.Module, images: Any, *, batch: int = 256, device: torch.device | str | None = None,
+                    autocast_dtype: torch.dtype | None = None, progress: Any = None, open_head: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`predict_proba`'s probabilities and, with `open_head` on a network that has the open-set heads, the open
+    head's (K+1)-way probabilities (N x (K+1), the last column = out-of-class); else None. One forward each batch."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    heads = open_head and has_open_heads(model)
     was_training = model.training
     model.eval()
-    out = []
+    out, out_open = [], []
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     try:
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.array(images[i:i + batch])).to(device).permute(0, 3, 1, 2)
             with amp:
-                out.append(model(to_input(x)).softmax(-1).cpu())
+                if heads:
+                    logits, _, logits_open = model(to_input(x), heads=True)
+                    out_open.append(logits_open.softmax(-1).cpu())
+                else:
+                    logits = model(to_input(x))
+                out.append(logits.softmax(-1).cpu())
             if progress is not None:
                 progress(len(x))
     finally:
         model.train(was_training)
     k = model.fc.out_features if hasattr(model, "fc") else 0
-    return torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
+    probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
+    if not heads:
+        return probs, None
+    return probs, torch.cat(out_open).numpy() if out_open else np.zeros((0, k + 1), np.float32)

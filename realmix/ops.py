@@ -18,8 +18,8 @@ from .data_stream import to_device
 from .params import MIXMODES, TSA
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
-           "mix_reversed", "mixmode", "mixup_lambdas", "ood_percentile_mask", "ood_threshold_mask", "sharpen",
-           "smooth_labels", "tsa_mask", "tsa_threshold"]
+           "mix_reversed", "mixmode", "mixup_lambdas", "one_vs_all_loss", "ood_percentile_mask", "ood_threshold_mask",
+           "open_targets", "sharpen", "smooth_labels", "tsa_mask", "tsa_threshold"]
 
 
 # -- label guessing --------------------------------------------------------------------------------------
@@ -207,3 +207,29 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
         for m, momentum, count in saved:
             m.momentum = momentum
             m.num_batches_tracked.copy_(count)
+
+
+# -- open-set heads (IOMatch) ------------------------------------------------------------------------------
+def one_vs_all_loss(logits_ova: Tensor, labels: Tensor) -> Tensor:
+    """The one-vs-all supervised loss (OpenMatch's, used by IOMatch): logits N x 2K read as K binary pairs
+    (outlier, inlier) via `.view(N, 2, K)`; mean over rows of -log p_inlier(label) + max over the other classes
+    of -log p_outlier(class) (the hardest negative)."""
+    n = logits_ova.shape[0]
+    p = logits_ova.view(n, 2, -1).softmax(1)
+    own = nn.functional.one_hot(labels, p.shape[2]).bool()
+    pos = -(p[:, 1].gather(1, labels[:, None])[:, 0] + 1e-8).log()  # gather, not a boolean index: no host sync
+    neg = torch.where(own, 0.0, -(p[:, 0] + 1e-8).log()).amax(1)
+    return pos.mean() + neg.mean()
+
+
+def open_targets(probs: Tensor, logits_ova: Tensor) -> tuple[Tensor, Tensor]:
+    """IOMatch's open targets from closed-set probabilities p (N x K) and one-vs-all logits (N x 2K).
+
+    With r_k = the binary head's (outlier, inlier) softmax for class k: the outlier score is sum_k p_k r_k^out,
+    and the (K+1)-way target is q = [p_1 r_1^in, ..., p_K r_K^in, outlier score] (it sums to 1).
+    Returns (q, outlier score).
+    """
+    n = probs.shape[0]
+    r = logits_ova.view(n, 2, -1).softmax(1)
+    outlier = (probs * r[:, 0]).sum(1)
+    return torch.cat([probs * r[:, 1], outlier[:, None]], 1), outlier

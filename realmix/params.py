@@ -155,7 +155,7 @@ class PreaugmentParams:
 
 
 ALGORITHMS = ("supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
-              "mixmatch", "realmix")
+              "mixmatch", "realmix", "fixmatch", "iomatch")
 TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
 MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
 
@@ -259,9 +259,25 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class AlgorithmParams:
-    """Keys every algorithm section has."""
+    """Keys every algorithm section has (a section may leave out all but `wd`: the defaults are the original's
+    Adam at train.lr, constant)."""
 
     wd: float | None = None  # this algorithm's weight decay; null = train.wd (the original ran MT with 0.2)
+    # adam: decoupled decay W <- W (1 - wd lr_t) after each step (the original); sgd: coupled L2 decay wd W added
+    # to the gradient of conv/dense weights (FixMatch), momentum and Nesterov below
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float | None = None  # null = train.lr
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr cos(7 pi t / 16) at run fraction t (FixMatch)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+
+    def validate_optimizer(self, where: str) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise RealmixError(f"params: {where}.lr={self.lr} must be > 0 (or null for train.lr)")
+        if not 0 <= self.momentum < 1:
+            raise RealmixError(f"params: {where}.momentum={self.momentum} must be in [0, 1)")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise RealmixError(f"params: {where}.nesterov=true needs {where}.momentum > 0; set nesterov: false")
 
 
 @dataclass(frozen=True)
@@ -418,6 +434,67 @@ class RealMixParams(MixMatchParams):
             raise RealmixError(f"params: realmix.ood_threshold={self.ood_threshold} must be in [0, 1)")
 
 
+@dataclass(frozen=True)
+class FixMatchParams(AlgorithmParams):
+    """`fixmatch` (Sohn et al. 2020): cross-entropy of the strong view (RandAugment + Cutout) against the argmax of the
+    weak view where its max probability >= threshold; `mu` unlabelled images per labelled one. The paper's
+    optimiser: SGD, Nesterov momentum 0.9, lr 0.03 with cosine decay, coupled weight decay 5e-4."""
+
+    wd: float | None = 5e-4
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    lr: float | None = 0.03
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    threshold: float = 0.95  # confidence a weak-view prediction needs to become a pseudo-label
+    lambda_u: float = 1.0  # weight of the unlabelled loss
+    mu: int = 7  # unlabelled images per labelled image in a batch
+    ra_ops: int = 2  # RandAugment ops per image (FixMatch's RandAugmentMC: n 2, random magnitude per op)
+    ra_magnitude: int = 10  # magnitudes drawn in 1..ra_magnitude-1 (RandAugmentMC's m 10)
+    cutout: float = 0.5  # side of the Cutout square after RandAugment, as a fraction of the image side
+
+    def validate(self) -> None:
+        where = _SECTION_OF[type(self)]
+        self.validate_optimizer(where)
+        if not 0 <= self.threshold <= 1:
+            raise RealmixError(f"params: {where}.threshold={self.threshold} must be in [0, 1]")
+        if not self.lambda_u >= 0:
+            raise RealmixError(f"params: {where}.lambda_u={self.lambda_u} must be >= 0")
+        if not 1 <= self.mu <= 64:
+            raise RealmixError(f"params: {where}.mu={self.mu} must be between 1 and 64 (the paper: 7)")
+        if not 0 <= self.ra_ops <= 8:
+            raise RealmixError(f"params: {where}.ra_ops={self.ra_ops} must be between 0 and 8 (the paper: 2)")
+        if not 2 <= self.ra_magnitude <= 11:
+            raise RealmixError(f"params: {where}.ra_magnitude={self.ra_magnitude} must be between 2 and 11 "
+                               "(magnitudes are drawn in 1..ra_magnitude-1; the paper: 10)")
+        if not 0 <= self.cutout <= 1:
+            raise RealmixError(f"params: {where}.cutout={self.cutout} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class IOMatchParams(FixMatchParams):
+    """`iomatch` (Li et al. 2023): FixMatch's views and optimiser, plus a one-vs-all head and a (K+1)-way open head on a
+    projection of the shared features. Closed-set soft pseudo-labels only for confident (p_cutoff) predicted
+    inliers (one-vs-all outlier score < 0.5); the open head learns the open targets on the strong views where their
+    max >= q_cutoff. `threshold` is the closed-set confidence cutoff (the reference's p_cutoff)."""
+
+    q_cutoff: float = 0.5  # open-target confidence threshold
+    lambda_mb: float = 1.0  # weight of the one-vs-all supervised loss
+    lambda_op: float = 1.0  # weight of the open-set unlabelled loss
+    open_delay: float = 0.00390625  # fraction of the run without the open loss (the reference: its first of 256 epochs)
+    proj_size: int = 128  # width of the projection the two open heads read
+
+    def validate(self) -> None:
+        super().validate()
+        where = "iomatch"
+        for key in ("q_cutoff", "open_delay"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise RealmixError(f"params: {where}.{key}={getattr(self, key)} must be in [0, 1]")
+        for key in ("lambda_mb", "lambda_op"):
+            if not getattr(self, key) >= 0:
+                raise RealmixError(f"params: {where}.{key}={getattr(self, key)} must be >= 0")
+        if not 1 <= self.proj_size <= 4096:
+            raise RealmixError(f"params: {where}.proj_size={self.proj_size} must be between 1 and 4096")
+
+
 # Top-level scalar keys (swept verbatim: `dvc exp run -S tsa=linear_schedule`) and their defaults.
 SCALARS: dict[str, tuple[Any, Any]] = {
     "tsa": (Literal["none", "linear_schedule", "exp_schedule", "log_schedule"], "none"),
@@ -443,6 +520,8 @@ class Params:
     mixup: SSLMixUpParams = field(default_factory=SSLMixUpParams)
     mixmatch: MixMatchParams = field(default_factory=MixMatchParams)
     realmix: RealMixParams = field(default_factory=RealMixParams)
+    fixmatch: FixMatchParams = field(default_factory=FixMatchParams)
+    iomatch: IOMatchParams = field(default_factory=IOMatchParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule
 
     def algorithm(self, name: str) -> Any:
@@ -454,11 +533,20 @@ class Params:
         wd = self.algorithm(algorithm).wd
         return self.train.wd if wd is None else wd
 
+    def learning_rate(self, algorithm: str) -> float:
+        """The algorithm's own `lr` where set, else train.lr (the peak of a cosine schedule)."""
+        lr = self.algorithm(algorithm).lr
+        return self.train.lr if lr is None else lr
+
     def validate(self) -> None:
         for name, cls in SECTIONS.items():
-            wd = getattr(self, name).wd if issubclass(cls, AlgorithmParams) else None
-            if wd is not None and not 0 <= wd * self.train.lr < 1:
-                raise RealmixError(f"params: {name}.wd={wd} must be >= 0 with wd * train.lr < 1 (or null for train.wd)")
+            if not issubclass(cls, AlgorithmParams):
+                continue
+            section = getattr(self, name)
+            section.validate_optimizer(name)
+            wd, lr = section.wd, self.learning_rate(name)
+            if wd is not None and not 0 <= wd * lr < 1:
+                raise RealmixError(f"params: {name}.wd={wd} must be >= 0 with wd * lr < 1 (or null for train.wd)")
         if self.mismatch.levels and self.mismatch.size not in self.split.sizes:
             raise RealmixError(
                 f"params: mismatch.size={self.mismatch.size} is not one of split.sizes={self.split.sizes}; "

@@ -167,3 +167,17 @@ def _write_pool(writer: StoreWriter, src: Store, p: dict, *, progress: bool, bac
 
 def _progress(total: int, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="img", unit_scale=True, desc="preaugment", disable=not enabled)
+
+
+def original_positions(store: Store) -> np.ndarray | None:
+    """Where a pre-augmented pool keeps its unaugmented originals: positions p_0 < ... in the order of their
+    source images (so `pool[positions]` is the source split's pool in its own order); None for a store that is
+    not pre-augmented or was written without originals."""
+    p = store.meta.get("preaugment")
+    if not p or not p.get("keep_originals"):
+        return None
+    total = store.subset(POOL).count
+    n = total // (p["copies"] + 1)
+    order = item_order(p["seed"], total)
+    positions = np.flatnonzero(order < n)
+    return positions[np.argsort(order[positions], kind="stable")]

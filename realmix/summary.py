@@ -40,8 +40,17 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std over seeds
 
 
+# open-set figures of class-mismatch runs (realmix/openset.py), aggregated like last20 where the runs have them
+OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its open head; others: 1 - max softmax) "
+                     "on the unlabelled pool; 0.5 = chance, below 0.5 = out-of-class images look more in-class",
+            "ood_admitted": "share of out-of-class unlabelled images the method's mask admitted into its "
+                            "unlabelled loss (mean over training; MixMatch has no mask: 1)",
+            "in_admitted": "share of in-class unlabelled images admitted (the same mask)"}
+
+
 def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (algorithm, setting): mean and sample std over seeds of last20, error = 100 - last20."""
+    """One row per (algorithm, setting): mean and sample std over seeds of last20, error = 100 - last20, and of
+    the open-set figures (OPEN_SET) where the runs have them."""
     groups: dict[tuple[str, str], list[RunRef]] = {}
     for r in runs:
         groups.setdefault((r.algorithm, r.setting), []).append(r)
@@ -57,6 +66,9 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
             "missing": [r.data for r in members if medians[r].get("last20") is None],
             "evaluations": min(medians[r].get("evaluations", 0) for r in members),
         })
+        for key in OPEN_SET:
+            found = [medians[r][key] for r in members if medians[r].get(key) is not None]
+            rows[-1][key], rows[-1][f"{key}_std"] = _mean_std(found)
     return rows
 
 
@@ -76,17 +88,19 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mismatch_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Accuracy vs class-mismatch level: one row per algorithm (and pre-augmentation), one column per level;
-    empty when no mismatch runs are planned."""
+def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: float = 1.0) -> str:
+    """`key` (default: accuracy) vs class-mismatch level: one row per algorithm (and pre-augmentation), one
+    column per level, values x `scale`; empty when no mismatch runs are planned or none has the figure."""
     rows = [r for r in rows if r.get("mismatch") is not None]
-    if not rows:
+    if not any(r.get(key) is not None for r in rows):
         return ""
     levels = sorted({r["mismatch"] for r in rows})
     cells: dict[str, dict[int, str]] = {}
     for r in rows:
         name = r["algorithm"] + (f" (aug{r['copies']})" if r["copies"] else "")
-        cells.setdefault(name, {})[r["mismatch"]] = _fmt(r["last20"], r["last20_std"])
+        value, std = r.get(key), r.get(f"{key}_std")
+        cells.setdefault(name, {})[r["mismatch"]] = (
+            "n/a" if value is None else _fmt(value * scale, (std or 0.0) * scale))
     lines = ["| algorithm | " + " | ".join(f"{level} % mismatch" for level in levels) + " |",
              "|---|" + "---|" * len(levels)]
     lines += [f"| {name} | " + " | ".join(c.get(level, "") for level in levels) + " |" for name, c in cells.items()]
@@ -100,6 +114,12 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
     if pivot:
         text += ("\nTest accuracy % (median of the last 20 evaluations, mean ± std over seeds) against the share of "
                  "unlabelled classes that are not labelled classes:\n\n" + pivot)
+    for key, what in OPEN_SET.items():
+        pivot = mismatch_table(rows, key, 1.0 if key == "auroc" else 100.0)
+        if pivot:
+            unit = "" if key == "auroc" else " (%)"
+            text += (f"\n{what[0].upper()}{what[1:]}{unit}, mean ± std over seeds (n/a: not defined, e.g. AUROC "
+                     "where the pool is all in-class or all out-of-class):\n\n" + pivot)
     return text
 
 
@@ -121,7 +141,8 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
     out = Path(out_dir)
     with atomic.atomic_path(out / "summary", directory=True) as tmp:
         for row in rows:
-            keys = ("last20", "last20_std", "error", "error_std", "runs")
+            keys = ["last20", "last20_std", "error", "error_std", "runs"]
+            keys += [k for key in OPEN_SET for k in (key, f"{key}_std") if row.get(key) is not None]
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({k: row[k] for k in keys}, indent=4) + "\n")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from . import distributed
 from .algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
-from .augment import augment_batch
+from .augment import augment_batch, rand_augment
 from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, to_device
 from .distributed import Dist
 from .ema import EMA, with_own_bn_stats
@@ -45,6 +46,7 @@ from .errors import RealmixError
 from .inference import predict_proba
 from .metrics import classification_metrics
 from .models import build_model, to_input
+from .openset import ood_flags
 from .params import Params, TrainParams
 from .store import Store
 
@@ -146,6 +148,11 @@ class Trainer:
 
         init, order_l, order_u, self._aug_ss, self._mix_ss = np.random.SeedSequence([t.seed, split_seed]).spawn(5)
         aug, mix = (_rank_seed(ss, self.dist.rank) for ss in (self._aug_ss, self._mix_ss))
+        section = params.algorithm(algorithm)
+        self.algo: Algorithm = build_algorithm(algorithm, section, num_classes=self.num_classes,
+                                               rng=np.random.default_rng(mix), tsa=params.tsa)
+        if self.algo.open_heads:  # part of the network, so EMA, checkpoints, model.pt and predict carry them
+            self.arch["open_heads"] = self.algo.open_heads
         g = torch.Generator().manual_seed(_seed(init))
         self.model = build_model(self.arch, self.num_classes, self.image_shape, generator=g).to(self.device)
         if self.fast.channels_last:
@@ -155,17 +162,13 @@ class Trainer:
         self.ema = EMA(self.model, t.ema, warmup=t.ema_warmup)
         if self.fast.compile:
             self.model.compile()  # in place: state_dict keys unchanged; the EMA copy stays eager
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
-                                          foreach=not self.fast.fused_adam, fused=self.fast.fused_adam)
         self.grad_params = [p for p in self.model.parameters() if p.requires_grad]
-        # decoupled weight decay on conv/dense weights (the original's "kernel" variables), not biases or BN
+        # weight decay on conv/dense weights (the original's and FixMatch's "kernel" variables), not biases or BN
         self.decay_params = [p for p in self.model.parameters() if p.ndim > 1]
-        self.decay_factor = 1.0 - params.weight_decay(algorithm) * t.lr
+        self.lr = params.learning_rate(algorithm)
+        self.lr_schedule = section.lr_schedule
+        self.optimizer, self.decoupled_wd = self._optimizer(section, params.weight_decay(algorithm))
         self.aug_gen = torch.Generator(self.device).manual_seed(_seed(aug))
-
-        section = params.algorithm(algorithm)
-        self.algo: Algorithm = build_algorithm(algorithm, section, num_classes=self.num_classes,
-                                               rng=np.random.default_rng(mix), tsa=params.tsa)
         self.algo.teacher = self.ema.model
         try:
             self.algo.check_batch(self.local_batch)
@@ -182,13 +185,15 @@ class Trainer:
         self.label_bank = ImageBank(label.images, self.device, device_bytes, pin=self.fast.pin_memory)
         self.label_y = torch.from_numpy(labels).to(self.device)
         self.label_stream = IndexStream(label.count, np.random.default_rng(order_l))
-        self.unlabel_bank = self.unlabel_stream = None
+        self.unlabel_bank = self.unlabel_stream = self.unlabel_ood = None
         if self.algo.views:
             unlabel = store.subset("unlabel")
             if unlabel.count == 0:
                 raise RealmixError(f"{store.path}: {algorithm} needs unlabelled images but the split has none")
             self.unlabel_bank = ImageBank(unlabel.images, self.device, device_bytes, pin=self.fast.pin_memory)
             self.unlabel_stream = IndexStream(unlabel.count, np.random.default_rng(order_u))
+            ood = ood_flags(store, "unlabel")  # class-mismatch splits: log how much out-of-class data masks admit
+            self.unlabel_ood = None if ood is None else torch.from_numpy(ood).to(self.device)
         self.fingerprint = self._fingerprint(params, algorithm, split_seed)
 
     # -- identity ---------------------------------------------------------------------------------------
@@ -210,36 +215,85 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                               enabled=self.autocast_dtype is not None)
 
-    def augment(self, images: Tensor) -> Tensor:
-        t = self.params.train
-        return to_input(augment_batch(images, t.augment, self.aug_gen, cutout_prob=t.cutout_prob))
+    def _optimizer(self, section: Any, wd: float) -> tuple[torch.optim.Optimizer, float]:
+        """The algorithm's optimiser and its decoupled weight decay (0 where the decay is coupled).
 
-    def _local(self, stream: IndexStream) -> np.ndarray:
-        """This rank's slice of the next global batch of a stream (every rank draws the same global batch)."""
-        start = self.dist.rank * self.local_batch
-        return stream.next(self.batch)[start:start + self.local_batch]
+        adam (the original): Adam, then W <- W (1 - wd lr_t) on the decayed weights after every step.
+        sgd (FixMatch): SGD with (Nesterov) momentum and coupled L2 decay: wd W added to the decayed weights'
+        gradients before the momentum, as the reference's wd * l2_loss(kernels) term in the loss.
+        train.fused_adam selects the fused kernel for either optimiser.
+        """
+        impl = {"foreach": not self.fast.fused_adam, "fused": self.fast.fused_adam}
+        if section.optimizer == "sgd":
+            decayed = {id(p) for p in self.decay_params}
+            groups = [{"params": self.decay_params, "weight_decay": wd},
+                      {"params": [p for p in self.model.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
+            return torch.optim.SGD(groups, lr=self.lr, momentum=section.momentum,
+                                   nesterov=section.nesterov and section.momentum > 0, **impl), 0.0
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8, **impl), wd
+
+    def lr_at(self, images: int) -> float:
+        """The learning rate at `images` into the run: constant, or FixMatch's cosine lr cos(7 pi t / 16)."""
+        if self.lr_schedule == "cosine":
+            return self.lr * math.cos(7.0 * math.pi * min(images / self.total, 1.0) / 16.0)
+        return self.lr
+
+    def augment(self, images: Tensor, kinds: tuple[str, ...] = ("weak",)) -> tuple[Tensor, ...]:
+        """Network inputs for `images` (uint8), one per entry of `kinds`: "weak" = train.augment, "strong" =
+        train.augment then RandAugment + Cutout (the algorithm's `strong` settings). All views are drawn in one
+        batched call per augmentation, every image of every view with its own draws."""
+        t = self.params.train
+        n = len(images)
+        base = augment_batch(images.repeat(len(kinds), 1, 1, 1) if len(kinds) > 1 else images, t.augment,
+                             self.aug_gen, cutout_prob=t.cutout_prob)
+        if "strong" in kinds:
+            strong = [i for i, k in enumerate(kinds) if k == "strong"]
+            heavy = rand_augment(torch.cat([base[i * n:(i + 1) * n] for i in strong]), self.aug_gen,
+                                 **self.algo.strong).split(n)
+            views = list(base.split(n))
+            for i, v in zip(strong, heavy, strict=True):
+                views[i] = v
+            return tuple(to_input(v) for v in views)
+        return to_input(base).split(n)
+
+    def _local(self, stream: IndexStream, ratio: int = 1) -> np.ndarray:
+        """This rank's slice of the next global batch (ratio x train.batch indices) of a stream (every rank draws
+        the same global batch)."""
+        size = self.local_batch * ratio
+        start = self.dist.rank * size
+        return stream.next(self.batch * ratio)[start:start + size]
 
     def next_batch(self) -> Batch:
         """Sample and augment this rank's share of one batch on the training device."""
-        b = self.local_batch
         idx = self._local(self.label_stream)
         idx_d = to_device(idx, self.device, pin=self.fast.pin_memory)
-        x = self.augment(self.label_bank.gather(idx, idx_d))
+        (x,) = self.augment(self.label_bank.gather(idx, idx_d))
         y = self.label_y[idx_d]
         views: tuple[Tensor, ...] = ()
+        ood = None
         if self.algo.views:
-            uidx = self._local(self.unlabel_stream)
-            u = self.unlabel_bank.gather(uidx, to_device(uidx, self.device, pin=self.fast.pin_memory))
-            # all views in one batched call; every image of every view gets its own draws
-            views = tuple(self.augment(u.repeat(self.algo.views, 1, 1, 1)).split(b))
-        return Batch(x, y, views)
+            uidx = self._local(self.unlabel_stream, self.algo.mu)
+            uidx_d = to_device(uidx, self.device, pin=self.fast.pin_memory)
+            views = self.augment(self.unlabel_bank.gather(uidx, uidx_d), self.algo.view_kinds)
+            if self.unlabel_ood is not None:
+                ood = self.unlabel_ood[uidx_d]
+        return Batch(x, y, views, ood)
 
     def update(self) -> None:
-        """Adam, then decoupled weight decay, then EMA (the order the original left unspecified, §A.11)."""
-        self.optimizer.step()
-        with torch.no_grad():
-            torch._foreach_mul_(self.decay_params, self.decay_factor)
+        """Optimiser step (at the scheduled lr), then decoupled weight decay (Adam), then EMA (the order the
+        original left unspecified, §A.11)."""
+        self.optimizer_step()
         self.ema.update()
+
+    def optimizer_step(self) -> None:
+        lr = self.lr_at(self.images)
+        if self.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.optimizer.step()
+        if self.decoupled_wd:
+            with torch.no_grad():
+                torch._foreach_mul_(self.decay_params, 1.0 - self.decoupled_wd * lr)
 
     def step(self) -> StepOut:
         batch = self.next_batch()
@@ -292,7 +346,17 @@ class Trainer:
 
     def _window(self) -> dict[str, float]:
         n = max(self._count, 1)
-        rec = {f"train/{k}": v / n for k, v in self._window_sums().items()}
+        sums = self._window_sums()
+        # the counts of admitted unlabelled images become shares of the window (realmix/openset.py)
+        for share, (admitted, total) in (("ood_admitted", ("admit_ood", "n_ood")),
+                                         ("in_admitted", ("admit_in", "n_in"))):
+            if total in sums:
+                a, t = sums.pop(admitted), sums.pop(total)
+                if t > 0:
+                    sums[share] = a / t * n  # divided by n below with the other window means
+        rec = {f"train/{k}": v / n for k, v in sums.items()}
+        if self.lr_schedule != "constant":
+            rec["train/lr"] = self.lr_at(self.images)
         dt = time.perf_counter() - self._t0
         if self._count and dt > 0:
             rec["train/images_per_s"] = (self.images - self._img0) / dt

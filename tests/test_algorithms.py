@@ -58,7 +58,7 @@ def test_progress_ramp_and_fraction():
 
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="algorithm"):
-        build_algorithm("fixmatch", MixMatchParams(), num_classes=K, rng=np.random.default_rng(0))
+        build_algorithm("fixmatch2", MixMatchParams(), num_classes=K, rng=np.random.default_rng(0))
 
 
 def test_views():

@@ -271,8 +271,8 @@ def test_bf16_run_trains_in_bf16_with_float32_state(tmp_path, store):
 
 def test_an_algorithm_section_wd_overrides_train_wd(store):
     p = tiny_params(train={"wd": 0.02, "lr": 0.002}, mean_teacher={"wd": 0.2})
-    assert Trainer(p, "mean_teacher", store, split_seed=1).decay_factor == 1.0 - 0.2 * 0.002
-    assert Trainer(p, "supervised", store, split_seed=1).decay_factor == 1.0 - 0.02 * 0.002
+    assert Trainer(p, "mean_teacher", store, split_seed=1).decoupled_wd == 0.2
+    assert Trainer(p, "supervised", store, split_seed=1).decoupled_wd == 0.02
     with pytest.raises(RealmixError, match=r"mean_teacher\.wd=-1"):
         tiny_params(mean_teacher={"wd": -1})
 

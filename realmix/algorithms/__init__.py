@@ -17,6 +17,8 @@ import numpy as np
 
 from .base import Algorithm, Batch, Progress, StepOut
 from .baselines import VAT, PiModel, PseudoLabel, SSLMixUp, SupervisedMixUp
+from .fixmatch import FixMatch
+from .iomatch import IOMatch
 from .mixmatch import MixMatch
 from .realmix import RealMix
 from .supervised import Supervised
@@ -24,7 +26,7 @@ from .teachers import ICT, MeanTeacher
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (Supervised, SupervisedMixUp, PiModel, PseudoLabel, MeanTeacher, ICT, VAT, SSLMixUp,
-                              MixMatch, RealMix)}
+                              MixMatch, RealMix, FixMatch, IOMatch)}
 
 __all__ = ["ALGORITHMS", "Algorithm", "Batch", "Progress", "StepOut", "build_algorithm"]
 

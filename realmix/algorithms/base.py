@@ -15,7 +15,10 @@ class Batch:
 
     x: Tensor  # labelled images, B x C x H x W
     y: Tensor  # their labels (int64), B
-    u: tuple[Tensor, ...] = ()  # `views` augmentations of the same B unlabelled images
+    u: tuple[Tensor, ...] = ()  # one tensor per entry of the algorithm's `view_kinds`, each of the same mu*B images
+    # per unlabelled image: True where it is out-of-class (class-mismatch splits, where the pool's classes are
+    # known); None elsewhere. Only read for the logs of how much out-of-class data a mask lets in.
+    u_ood: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,40 @@ class StepOut:
     logs: dict[str, Tensor | float] = field(default_factory=dict)  # read by the loop only at report time
 
 
+def mask_logs(mask: Tensor, ood: Tensor | None) -> dict[str, Tensor]:
+    """Counts of the unlabelled images a mask admitted into the unlabelled loss, split by out-of-class flag
+    (none without flags). The loop turns their window sums into shares (train/ood_admitted, train/in_admitted)."""
+    if ood is None:
+        return {}
+    keep = mask.detach() > 0
+    ood = ood.to(keep.device)
+    return {"admit_ood": (keep & ood).sum().float(), "n_ood": ood.sum().float(),
+            "admit_in": (keep & ~ood).sum().float(), "n_in": (~ood).sum().float()}
+
+
 class Algorithm:
-    """Base class: subclasses set `name`, `views` and implement `train_step`."""
+    """Base class: subclasses set `name`, `views` and implement `train_step`.
+
+    What an algorithm asks of the loop: `views` augmented views of each unlabelled image, of the kinds in
+    `view_kinds` ("weak": train.augment; "strong": train.augment then RandAugment + Cutout), `mu` unlabelled
+    images per labelled one, and `open_heads` (the projection width of IOMatch's extra heads; 0: none).
+    """
 
     name: ClassVar[str]
     views: ClassVar[int] = 0
+    strong = {"ops": 2, "magnitude_max": 10, "cutout": 0.5}  # RandAugment settings of "strong" views
+
+    @property
+    def view_kinds(self) -> tuple[str, ...]:
+        return ("weak",) * self.views
+
+    @property
+    def mu(self) -> int:
+        return 1
+
+    @property
+    def open_heads(self) -> int:
+        return 0
 
     def __init__(self, params: Any, *, num_classes: int, rng: np.random.Generator, tsa: str = "none"):
         self.params = params

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import frozen_bn_stats, interleave, interleave_offsets, mixmode, sharpen
-from .base import Algorithm, Batch, Progress, StepOut
+from .base import Algorithm, Batch, Progress, StepOut, mask_logs
 from .supervised import soft_cross_entropy
 
 
@@ -37,10 +37,15 @@ class MixMatch(Algorithm):
         logits = self.interleaved_forward(model, xs, n)
         # 4. Losses.
         loss_x, logs = self.supervised_loss(logits[0], ls[0], progress)
-        loss_u, logs_u = self.unsupervised_loss(torch.cat(logits[1:]), torch.cat(ls[1:]), torch.cat(probs))
+        loss_u, logs_u, keep = self.unsupervised_loss(torch.cat(logits[1:]), torch.cat(ls[1:]), torch.cat(probs))
         w = p.w_match * progress.ramp(p.warmup_kimg)
         loss = loss_x + w * loss_u
-        return StepOut(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "w_match": w, **logs, **logs_u})
+        admitted = {}
+        if batch.u_ood is not None:  # mixed row i of view v is mostly (lambda >= 0.5) unlabelled image i
+            ood = batch.u_ood.repeat(len(batch.u))
+            admitted = mask_logs(torch.ones(len(ood), device=loss.device) if keep is None else keep, ood)
+        return StepOut(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "w_match": w, **logs, **logs_u,
+                              **admitted})
 
     @staticmethod
     def interleaved_forward(model: nn.Module, xs: list[Tensor], batch: int) -> list[Tensor]:
@@ -55,6 +60,8 @@ class MixMatch(Algorithm):
     def supervised_loss(self, logits: Tensor, labels: Tensor, progress: Progress) -> tuple[Tensor, dict]:
         return soft_cross_entropy(logits, labels).mean(), {}
 
-    def unsupervised_loss(self, logits: Tensor, targets: Tensor, clean_probs: Tensor) -> tuple[Tensor, dict]:
-        """Mean squared error between the (mixed) guessed targets and the predictions, over rows and classes."""
-        return (targets - logits.softmax(-1)).square().mean(), {}
+    def unsupervised_loss(self, logits: Tensor, targets: Tensor, clean_probs: Tensor
+                          ) -> tuple[Tensor, dict, Tensor | None]:
+        """Mean squared error between the (mixed) guessed targets and the predictions, over rows and classes.
+        Returns (loss, logs, the 0/1 mask of the rows the loss kept: None = all)."""
+        return (targets - logits.softmax(-1)).square().mean(), {}, None

@@ -25,16 +25,17 @@ class RealMix(MixMatch):
         keep = tsa_mask(logits, labels, eta, compat=self.params.tsa_compat)
         return masked_mean(ce, keep), {"tsa_threshold": eta, "tsa_kept": keep.mean()}
 
-    def unsupervised_loss(self, logits: Tensor, targets: Tensor, clean_probs: Tensor) -> tuple[Tensor, dict]:
+    def unsupervised_loss(self, logits: Tensor, targets: Tensor, clean_probs: Tensor
+                          ) -> tuple[Tensor, dict, Tensor | None]:
         """Squared error averaged over the kept rows and all classes (§A.9)."""
         p = self.params
         probs = logits.softmax(-1)
         err = (targets - probs).square().mean(-1)  # per row: sum over classes / K
         if p.ood_mask == "none":
-            return err.mean(), {}
+            return err.mean(), {}, None
         conf = (probs if p.ood_conf_source == "mixed" else clean_probs).detach().max(-1).values
         if p.ood_mask == "percentile":
             keep, tau = ood_percentile_mask(conf, p.percent_mask)
         else:
             keep, tau = ood_threshold_mask(conf, p.ood_threshold), p.ood_threshold
-        return masked_mean(err, keep), {"ood_kept": keep.mean(), "ood_threshold": tau}
+        return masked_mean(err, keep), {"ood_kept": keep.mean(), "ood_threshold": tau}, keep

@@ -22,10 +22,12 @@ def to_input(x: Tensor) -> Tensor:
 def build_model(arch: dict, num_classes: int, image_shape: list[int] | tuple[int, ...],
                 generator: torch.Generator | None = None) -> nn.Module:
     """Build the network described by `arch` (the `model` params: arch, filters, repeat, scales (0 = from the
-    image size), bn_momentum)."""
+    image size), bn_momentum; and open_heads, the projection width of IOMatch's heads, where an algorithm
+    asked for them)."""
     if arch["arch"] != "wrn":
         raise ValueError(f"unknown arch {arch['arch']!r}; choose one of: {', '.join(ARCHS)}")
     h, _, c = image_shape
     scales = arch["scales"] or default_scales(h)
     return WideResNet(num_classes, channels=c, filters=arch["filters"], repeat=arch["repeat"], scales=scales,
-                      bn_momentum=arch.get("bn_momentum", 0.001), generator=generator)
+                      bn_momentum=arch.get("bn_momentum", 0.001), open_heads=arch.get("open_heads", 0),
+                      generator=generator)

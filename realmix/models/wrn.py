@@ -54,17 +54,48 @@ class Residual(nn.Module):
         return x + h
 
 
+class OpenSetHeads(nn.Module):
+    """IOMatch's heads on the pooled features: an MLP projection (features -> features -> proj_size), a one-vs-all
+    head (2K logits, read as K pairs (outlier, inlier) after `.view(N, 2, K)`) and a (K+1)-way open head whose
+    last class is "out-of-class". Initialised as the reference (Xavier-normal heads, zero open bias, PyTorch's
+    default for the projection), from the model's generator."""
+
+    def __init__(self, features: int, num_classes: int, proj_size: int = 128):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(features, features), nn.ReLU(), nn.Linear(features, proj_size))
+        self.one_vs_all = nn.Linear(proj_size, 2 * num_classes, bias=False)
+        self.open = nn.Linear(proj_size, num_classes + 1)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for m in self.proj:
+            if isinstance(m, nn.Linear):  # nn.Linear's own default: U(+-1/sqrt(fan_in)) for weight and bias
+                bound = 1.0 / math.sqrt(m.in_features)
+                nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        for m in (self.one_vs_all, self.open):
+            std = math.sqrt(2.0 / (m.in_features + m.out_features))  # xavier_normal_
+            nn.init.normal_(m.weight, 0.0, std, generator=generator)
+        nn.init.zeros_(self.open.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.proj(features)
+        return self.one_vs_all(z).float(), self.open(z).float()
+
+
 class WideResNet(nn.Module):
     """WRN: stem conv 16, `scales` stages of `repeat` blocks with `filters << s` channels, BN-LReLU-GAP-dense.
 
     `bn_momentum` is PyTorch's (TF decay 0.999 = 0.001): short runs need a larger one, or the running
     statistics used at evaluation still remember their initial values.
     Input: float images N x C x H x W in [-1, 1] (see `realmix.models.to_input`). Output: float32 logits N x K
-    (also under bf16 autocast, so every loss is computed in float32).
+    (also under bf16 autocast, so every loss is computed in float32). With `open_heads` (IOMatch) the network
+    also has `OpenSetHeads`; `model(x, heads=True)` returns (closed logits, one-vs-all logits, open logits),
+    while `model(x)` stays the closed-set classifier every other caller uses.
     """
 
     def __init__(self, num_classes: int, *, channels: int = 3, filters: int = 32, repeat: int = 4, scales: int = 3,
-                 bn_momentum: float = BN_MOMENTUM, generator: torch.Generator | None = None):
+                 bn_momentum: float = BN_MOMENTUM, open_heads: int = 0, generator: torch.Generator | None = None):
         super().__init__()
         self.stem = _conv(channels, 16, 3)
         blocks: list[nn.Module] = []
@@ -78,6 +109,8 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = _bn(cin, bn_momentum)
         self.fc = nn.Linear(cin, num_classes)
+        # registered after fc, so a network without heads draws its initial weights exactly as before
+        self.heads = OpenSetHeads(cin, num_classes, open_heads) if open_heads else None
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -96,8 +129,18 @@ class WideResNet(nn.Module):
                 std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
                 nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std, generator=generator)
                 nn.init.zeros_(m.bias)
+                if m is self.fc:
+                    break  # the heads' layers come after fc and have their own initialisation
+        if self.heads is not None:
+            self.heads.reset_parameters(generator)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         h = self.blocks(self.stem(x))
         h = nn.functional.leaky_relu(self.bn(h), LEAK)
-        return self.fc(h.mean((2, 3))).float()
+        features = h.mean((2, 3))
+        logits = self.fc(features).float()
+        if not heads:
+            return logits
+        if self.heads is None:
+            raise ValueError("this network has no open-set heads (model.open_heads is 0)")
+        return (logits, *self.heads(features))
