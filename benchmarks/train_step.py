@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
-    ap.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=["supervised", "mixmatch", "realmix", "fixmatch", "iomatch"])
+    ap.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS),
+                    default=["supervised", "mixmatch", "realmix", "fixmatch", "iomatch"])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

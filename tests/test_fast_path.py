@@ -13,7 +13,7 @@ from realmix.train import Trainer, pick_fast_path
 from tests.test_train import tiny_params
 
 ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
-              "mixmatch", "realmix"]
+              "mixmatch", "realmix", "fixmatch", "iomatch"]
 
 
 def test_auto_is_on_for_cuda_and_off_for_cpu():
@@ -117,7 +117,7 @@ def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, forbid_host_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("algorithm", ["supervised", "mixmatch", "realmix", "mean_teacher"])
+@pytest.mark.parametrize("algorithm", ["supervised", "mixmatch", "realmix", "mean_teacher", "fixmatch", "iomatch"])
 def test_cuda_step_has_no_host_sync(store, algorithm):
     trainer = Trainer(tiny_params(train={"device": "cuda"}, tsa="linear_schedule"), algorithm, store, split_seed=1)
     assert trainer.fast.pin_memory and trainer.fast.fused_adam and trainer.fast.channels_last

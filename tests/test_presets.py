@@ -26,11 +26,12 @@ def test_presets_exist_and_parse():
         cpu_sized = p.dataset.source in ("digits", "fashion_mnist")  # the others are the paper's GPU setups
         if not cpu_sized:
             assert 250 in p.split.sizes and p.split.nvalid == 5000
-        if path.name.startswith("mismatch_"):  # the study: supervised baseline, MixMatch, RealMix at every level
+        if path.name.startswith("mismatch_"):  # the study: supervised, MixMatch, FixMatch, IOMatch, RealMix
             levels = [0, 25, 50, 75, 100]
             assert p.mismatch.levels == levels if not cpu_sized else {0, 50, 100} <= set(p.mismatch.levels)
             assert sorted(p.mismatch.unlabelled_classes) == levels and len(p.split.seeds) >= 3
-            assert p.train.mismatch_algorithms == ["supervised", "mixmatch"]
+            assert p.train.mismatch_algorithms == ["supervised", "mixmatch", "fixmatch", "iomatch"]
+            assert p.fixmatch.optimizer == p.iomatch.optimizer == "sgd" and p.fixmatch.lr_schedule == "cosine"
             assert p.train.mismatch_aug_algorithms == ["realmix"] and p.preaugment.mismatch_copies
             assert p.tsa == "linear_schedule" and p.realmix.ood_mask != "none"
 

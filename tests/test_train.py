@@ -45,7 +45,7 @@ def state_equal(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("algorithm", ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher",
-                                       "ict", "vat", "mixup", "mixmatch", "realmix"])
+                                       "ict", "vat", "mixup", "mixmatch", "realmix", "fixmatch", "iomatch"])
 def test_fit_writes_model_logs_and_checkpoints(tmp_path, store, algorithm):
     p = tiny_params(tsa="linear_schedule")
     out = tmp_path / "run"

@@ -1,0 +1,164 @@
+"""Open-set metrics of class-mismatch runs: out-of-class flags, AUROC of each score, admitted shares, their path
+through evaluate into accuracy.json, the summary table and chart."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from realmix.evaluate import evaluate_run
+from realmix.mismatch import filter_split
+from realmix.openset import admitted_shares, auroc, ood_flags, outlier_scores, pool_metrics
+from realmix.preaugment import original_positions, preaugment
+from realmix.store import Store
+from realmix.summary import RunRef, aggregate, report, write_summary
+from realmix.train import Trainer
+from tests.conftest import make_store
+from tests.test_train import tiny_params
+
+
+@pytest.fixture
+def source(tmp_path) -> Store:
+    """A 5-class split: classes 0-2 labelled; the unlabelled pool holds classes 1, 2 (in) and 3, 4 (out)."""
+    rng = np.random.default_rng(0)
+    return make_store(tmp_path / "src.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": np.tile(np.arange(5), 8), "valid": np.arange(6) % 3,
+        "test": np.arange(9) % 3, }, k=5, hw=8, seed=int(rng.integers(100)))
+
+
+def mismatch(source: Store, out, remap=True) -> Store:
+    return filter_split(source, out, name="m", labelled_classes=[0, 1, 2], unlabelled_classes=[1, 2, 3, 4],
+                        remap=remap, level=50)
+
+
+def test_ood_flags_follow_the_mismatch_split(source, tmp_path):
+    assert ood_flags(source) is None  # a plain split: its unlabelled classes are not a mismatch protocol
+    for remap in (True, False):
+        m = mismatch(source, tmp_path / f"m{remap}", remap)
+        labels = source.subset("unlabel").labels
+        kept = labels[np.isin(labels, [1, 2, 3, 4])]
+        assert np.array_equal(ood_flags(m), kept >= 3)
+
+
+def test_auroc_direction_and_undefined_cases():
+    ood = np.array([False, False, True, True])
+    assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), ood) == 1.0  # out-of-class scored higher
+    assert auroc(np.array([0.9, 0.8, 0.2, 0.1]), ood) == 0.0  # the wrong way round
+    assert auroc(np.array([0.1, 0.8, 0.2, 0.9]), ood) == 0.75
+    assert auroc(np.ones(3), np.zeros(3, bool)) is None and auroc(np.ones(3), np.ones(3, bool)) is None
+    probs = np.array([[0.9, 0.1], [0.6, 0.4]])
+    scores = outlier_scores(probs, np.array([[0.7, 0.1, 0.2], [0.1, 0.1, 0.8]]))
+    np.testing.assert_allclose(scores["msp"], [0.1, 0.4])
+    np.testing.assert_allclose(scores["open"], [0.2, 0.8])
+
+
+class Crafted(nn.Module):
+    """Closed-set confidence rises with the image's mean brightness; the open head says the opposite."""
+
+    def __init__(self, heads: bool):
+        super().__init__()
+        self.fc = nn.Linear(1, 3)
+        self.heads = object() if heads else None
+
+    def forward(self, x, heads=False):
+        b = x.mean((1, 2, 3))  # [-1, 1]
+        logits = torch.stack([8 * b, torch.zeros_like(b), torch.zeros_like(b)], 1)
+        if not heads:
+            return logits
+        open_ = torch.stack([torch.zeros_like(b)] * 3 + [8 * b], 1)  # bright = out-of-class for this head
+        return logits, None, open_
+
+
+def test_pool_metrics_on_a_crafted_mismatch_split(source, tmp_path):
+    m = mismatch(source, tmp_path / "m")
+    ood = ood_flags(m)
+    # rewrite the pool: in-class images bright, out-of-class images dark
+    from realmix.store import StoreWriter
+
+    with StoreWriter(tmp_path / "crafted", m.class_names, meta=m.meta) as w:
+        for name in m.subsets:
+            images = np.asarray(m.subset(name).images[:]).copy()
+            if name == "unlabel":
+                images[:] = np.where(ood, 10, 245)[:, None, None, None]
+            w.add(name, images, m.subset(name).labels)
+    crafted = Store.open(tmp_path / "crafted")
+    history = [{"train/ood_admitted": 0.25, "train/in_admitted": 0.5}, {"train/ood_admitted": 0.75,
+                                                                         "train/in_admitted": 1.0}]
+    plain = pool_metrics(Crafted(False), crafted, history, batch=7)
+    assert plain["auroc"] == plain["auroc_msp"] == 1.0 and plain["score"] == "msp" and "auroc_open" not in plain
+    assert plain["ood_admitted"] == 0.5 and plain["in_admitted"] == 0.75
+    assert plain["unlabelled_ood"] == int(ood.sum()) == 16 and plain["unlabelled_scored"] == 32
+    headed = pool_metrics(Crafted(True), crafted, history, batch=7)
+    assert headed["score"] == "open" and headed["auroc"] == headed["auroc_open"] == 0.0
+    assert headed["auroc_msp"] == 1.0
+    assert pool_metrics(Crafted(False), source, history) is None  # not a mismatch split
+    assert admitted_shares([{"train/loss": 1.0}]) == {"ood_admitted": None, "in_admitted": None}
+
+
+def test_a_pre_augmented_pool_is_scored_on_its_originals(source, tmp_path):
+    m = mismatch(source, tmp_path / "m")
+    aug = preaugment(m, tmp_path / "aug", copies=3, augment="cifar10", keep_originals=True, seed=2, cutout_prob=0.3,
+                     shard_size=7, progress=False)
+    pos = original_positions(aug)
+    pool = aug.subset("unlabel")
+    assert np.array_equal(np.asarray(pool.images[pos]), np.asarray(m.subset("unlabel").images[:]))
+    assert np.array_equal(ood_flags(aug)[pos], ood_flags(m))
+    none = preaugment(m, tmp_path / "aug0", copies=2, augment="cifar10", keep_originals=False, seed=2,
+                      cutout_prob=0.3, shard_size=7, progress=False)
+    assert original_positions(none) is None and original_positions(m) is None
+
+
+@pytest.mark.parametrize("algorithm", ["iomatch", "realmix"])
+def test_evaluate_writes_the_open_set_metrics_of_a_mismatch_run(source, tmp_path, algorithm):
+    m = mismatch(source, tmp_path / "m")
+    run = tmp_path / "run"
+    Trainer(tiny_params(iomatch={"mu": 2}), algorithm, m, split_seed=1).fit(run)
+    result = evaluate_run(run, m, tmp_path / "accuracy.json", batch=5, device="cpu")
+    got = json.loads((tmp_path / "accuracy.json").read_text())
+    own = "open" if algorithm == "iomatch" else "msp"
+    assert result["open_set"]["score"] == own and got["auroc"] == got[f"auroc_{own}"]
+    assert 0 <= got["auroc"] <= 1 and 0 <= got["auroc_msp"] <= 1
+    assert 0 <= got["ood_admitted"] <= 1 and 0 <= got["in_admitted"] <= 1
+    history = [r for r in torch.load(run / "model.pt", weights_only=True)["history"]]
+    assert all("train/ood_admitted" in r for r in history)
+    assert json.loads((run / "eval" / "evaluation.json").read_text())["open_set"]["unlabelled_ood"] == 16
+    # a plain split gets no open-set figures
+    plain = tmp_path / "plain"
+    Trainer(tiny_params(), "mixmatch", source, split_seed=1).fit(plain)
+    evaluate_run(plain, source, tmp_path / "plain.json", batch=5, device="cpu")
+    assert "auroc" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def test_summary_aggregates_and_tabulates_the_open_set_figures(tmp_path):
+    runs = [RunRef(a, f"m{lvl}.{s}@30-100", f"m{lvl}@30-100", s, mismatch=lvl)
+            for a in ("fixmatch", "iomatch") for lvl in (0, 50) for s in (1, 2)]
+    medians = {}
+    for r in runs:
+        med = {"last20": 70.0 + r.seed, "evaluations": 32}
+        if r.mismatch == 50:
+            med.update(auroc=0.6 if r.algorithm == "fixmatch" else 0.8 + 0.1 * r.seed, ood_admitted=0.5,
+                       in_admitted=0.9)
+        medians[r] = med
+    rows = {(r["algorithm"], r["mismatch"]): r for r in aggregate(runs, medians)}
+    assert rows["iomatch", 50]["auroc"] == pytest.approx(0.95)
+    assert rows["iomatch", 50]["auroc_std"] == pytest.approx(np.std([0.9, 1.0], ddof=1))
+    assert rows["iomatch", 0]["auroc"] is None
+    md = report(list(rows.values()))
+    assert "AUROC of the run's own out-of-class score" in md and "| iomatch | n/a | 0.95 ± 0.07 |" in md
+    assert "| fixmatch | n/a | 50.00 ± 0.00 |" in md  # admitted share in percent
+    # write_summary: the per-setting JSON carries them, the chart gets the open-set panels
+    for r in runs:
+        path = tmp_path / "metrics" / r.algorithm / r.data / "accuracy.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(medians[r]))
+    write_summary(runs, tmp_path / "metrics", tmp_path / "out")
+    got = json.loads((tmp_path / "out" / "summary" / "iomatch" / "m50@30-100.json").read_text())
+    assert got["auroc"] == pytest.approx(0.95) and got["ood_admitted"] == 0.5
+    assert "auroc" not in json.loads((tmp_path / "out" / "summary" / "iomatch" / "m0@30-100.json").read_text())
+    with Image.open(tmp_path / "out" / "summary.png") as im:
+        assert im.size[1] == 1200  # three panels of 4 inches at 100 dpi: accuracy, AUROC, admitted share
