@@ -27,16 +27,47 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_files(root: Path) -> list[Path]:
-    """All non-hidden files under `root`, sorted; any file that is not PNG/JPEG is an error."""
+class Problems:
+    """The problems found in a user's folder, collected so that one run reports all of them.
+
+    `add` records one line (`<file>: <what is wrong>; <what to do>`); `raise_if_any` raises one RealmixError
+    listing them, the first `CAP` in full and a count of the rest (a single problem stays a single line).
+    """
+
+    CAP = 20
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def raise_if_any(self) -> None:
+        if not self.lines:
+            return
+        if len(self.lines) == 1:
+            raise RealmixError(self.lines[0])
+        shown = self.lines[:self.CAP]
+        more = len(self.lines) - len(shown)
+        raise RealmixError(
+            f"{self.root}: {len(self.lines)} problems; nothing was written (fix them all and rerun):\n  "
+            + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""))
+
+
+def list_files(root: Path, problems: Problems | None = None) -> list[Path]:
+    """All non-hidden files under `root`, sorted; any file that is not PNG/JPEG is an error (recorded in
+    `problems` and left out when given, raised at once otherwise)."""
     files = []
     for p in sorted(root.rglob("*")):
         if any(is_hidden(part) for part in p.relative_to(root).parts) or not p.is_file():
             continue
         if p.suffix.lower() not in IMAGE_SUFFIXES:
-            raise RealmixError(
-                f"{p}: not a PNG/JPEG image (only {', '.join(IMAGE_SUFFIXES)} are read); move or delete it"
-            )
+            line = f"{p}: not a PNG/JPEG image (only {', '.join(IMAGE_SUFFIXES)} are read); move or delete it"
+            if problems is None:
+                raise RealmixError(line)
+            problems.add(line)
+            continue
         files.append(p)
     return files
 
@@ -103,11 +134,27 @@ def load_rgb(path: Path, size: int, mode: str = "pad") -> np.ndarray:
     return np.asarray(fit(to_rgb(open_image(path)), size, mode), dtype=np.uint8)
 
 
-def load_many(paths: list[Path], size: int, mode: str = "pad", *, desc: str = "images") -> np.ndarray:
-    """Read many files (threads: PIL releases the GIL while decoding) into N x size x size x 3 uint8."""
-    out = np.empty((len(paths), size, size, 3), np.uint8)
+def load_many(paths: list[Path], size: int, mode: str = "pad", *, desc: str = "images",
+              problems: Problems | None = None) -> np.ndarray:
+    """Read many files (threads: PIL releases the GIL while decoding) into N x size x size x 3 uint8.
+
+    An unreadable file raises at once, or, with `problems`, is recorded there (its slot stays black) so that
+    every bad file is found in one pass."""
+
+    def read(p: Path) -> np.ndarray | RealmixError:
+        try:
+            return load_rgb(p, size, mode)
+        except RealmixError as e:
+            if problems is None:
+                raise
+            return e
+
+    out = np.zeros((len(paths), size, size, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        it = pool.map(lambda p: load_rgb(p, size, mode), paths)
+        it = pool.map(read, paths)
         for i, a in enumerate(tqdm(it, total=len(paths), desc=desc, unit="img", disable=len(paths) < 500)):
-            out[i] = a
+            if isinstance(a, RealmixError):
+                problems.add(str(a))  # here, in file order (the threads finish in any order)
+            else:
+                out[i] = a
     return out

@@ -358,3 +358,43 @@ def test_bad_input(case: Case, proj: Path, monkeypatch: pytest.MonkeyPatch, caps
     after = {k: v for k, v in snapshot(proj).items() if not allowed(k, v, case.logs)}
     assert after == before, f"files written or changed: {set(after.items()) ^ set(before.items())}"
     assert not (proj.parent / "pwned").exists()  # nothing was unpickled
+
+
+def test_the_folder_check_reports_every_problem_in_one_run(proj: Path, monkeypatch, capsys) -> None:
+    """Five problems of four kinds across train/, test/ and unlabeled/: one run lists all of them, each line naming
+    its file and the fix, exit status 2, nothing written, the user's files untouched."""
+    monkeypatch.chdir(proj)
+    images = proj / "images"
+    (images / "train/cat/notes.txt").write_text("labels: cat\n")
+    (images / "train/bird").mkdir()
+    (images / "test/dog/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    write_image(images / "test/fish/f0.png")
+    (images / "unlabeled/u9.png").write_bytes(b"not a png")
+    before = snapshot(proj)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["download"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    assert lines[0] == "error: images: 5 problems; nothing was written (fix them all and rerun):"
+    expected = ["images/train/bird: class folder has no images; add PNG/JPEG files or remove the folder",
+                "images/train/cat/notes.txt: not a PNG/JPEG image", "images/test/dog/broken.png: not a readable",
+                "images/test: classes ['fish'] have test images but no training images",
+                "images/unlabeled/u9.png: not a readable PNG/JPEG image"]
+    assert len(lines) == 6
+    for text in expected:
+        assert sum(line.startswith(text) for line in lines[1:]) == 1, (text, lines)
+    assert all("; " in line for line in lines[1:])  # each says what to do
+    assert snapshot(proj) == before
+
+
+def test_the_folder_report_is_capped(proj: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(proj)
+    for i in range(25):
+        (proj / f"images/train/cat/bad{i:02d}.png").write_bytes(b"nope")
+    with pytest.raises(SystemExit):
+        cli.main(["download"])
+    lines = [line.strip() for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[0].startswith("error: images: 25 problems;")
+    assert len(lines) == 22 and lines[-1] == "... and 5 more"
+    assert lines[1].startswith("images/train/cat/bad00.png: not a readable PNG/JPEG image")

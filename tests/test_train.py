@@ -181,15 +181,16 @@ def cli_project(work: Path) -> Path:
     return work
 
 
-def test_cli_run_killed_and_rerun_resumes_identically(tmp_path):
+@pytest.mark.parametrize("algorithm", ["mixmatch", "iomatch"])  # iomatch: SGD momentum, cosine lr, strong views, heads
+def test_cli_run_killed_and_rerun_resumes_identically(tmp_path, algorithm):
     """`realmix train` killed with SIGKILL after a checkpoint; the rerun resumes from it and ends with the
     same weights as an uninterrupted run."""
-    cmd = [sys.executable, "-m", "realmix.cli", "train", "--algorithm", "mixmatch", "--data", "toy.1@12-6"]
+    cmd = [sys.executable, "-m", "realmix.cli", "train", "--algorithm", algorithm, "--data", "toy.1@12-6"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ref = cli_project(tmp_path / "ref")
     assert subprocess.run(cmd, cwd=ref, env=env, capture_output=True).returncode == 0
     work = cli_project(tmp_path / "proj")
-    ckdir = work / "runs" / "mixmatch" / "toy.1@12-6" / "checkpoints"
+    ckdir = work / "runs" / algorithm / "toy.1@12-6" / "checkpoints"
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -206,7 +207,7 @@ def test_cli_run_killed_and_rerun_resumes_identically(tmp_path):
     assert f"from {kept[-1].name}" in res.stderr or f"from {kept[-2].name}" in res.stderr
     assert "test/accuracy" in res.stdout
     a = ckpt.load(ckdir.parent / "model.pt", expect=ckpt.MODEL_FORMAT)
-    b = ckpt.load(ref / "runs" / "mixmatch" / "toy.1@12-6" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    b = ckpt.load(ref / "runs" / algorithm / "toy.1@12-6" / "model.pt", expect=ckpt.MODEL_FORMAT)
     assert state_equal(a["model"], b["model"]) and state_equal(a["raw_model"], b["raw_model"])
 
 

@@ -15,81 +15,80 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RealmixError
-from ..images import UNLABELED_DIRS, class_from_name, is_hidden, list_files, load_many
+from ..images import UNLABELED_DIRS, Problems, class_from_name, is_hidden, list_files, load_many
 from ..params import DatasetParams
 from ..store import UNKNOWN
 from . import RawDataset
 
 
-def labelled_files(split_dir: Path) -> list[tuple[Path, str]]:
-    """(file, class name) pairs of a train/ or test/ folder, in either supported layout."""
+def labelled_files(split_dir: Path, problems: Problems) -> list[tuple[Path, str]]:
+    """(file, class name) pairs of a train/ or test/ folder, in either supported layout; what is wrong with it
+    goes into `problems` (the files that are fine are still returned, so later checks see them)."""
     if not split_dir.is_dir():
-        raise RealmixError(
-            f"{split_dir}: folder not found; a folder dataset needs {split_dir.name}/<class>/ image folders"
-        )
+        problems.add(f"{split_dir}: folder not found; a folder dataset needs {split_dir.name}/<class>/ image folders")
+        return []
     entries = [p for p in sorted(split_dir.iterdir()) if not is_hidden(p.name)]
     subdirs = [p for p in entries if p.is_dir()]
     if not entries:
-        raise RealmixError(f"{split_dir}: folder is empty; add {split_dir.name}/<class>/ folders of images")
+        problems.add(f"{split_dir}: folder is empty; add {split_dir.name}/<class>/ folders of images")
+        return []
     if subdirs:
-        stray = [p for p in entries if not p.is_dir()]
-        if stray:
-            raise RealmixError(f"{stray[0]}: file next to class folders; move it into {split_dir.name}/<class>/")
+        for stray in (p for p in entries if not p.is_dir()):
+            problems.add(f"{stray}: file next to class folders; move it into {split_dir.name}/<class>/")
         pairs = []
         for d in subdirs:
-            files = list_files(d)
+            files = list_files(d, problems)
             if not files:
-                raise RealmixError(f"{d}: class folder has no images; add PNG/JPEG files or remove the folder")
+                problems.add(f"{d}: class folder has no images; add PNG/JPEG files or remove the folder")
             pairs += [(f, d.name) for f in files]
         return pairs
     pairs = []
-    for f in list_files(split_dir):
+    for f in list_files(split_dir, problems):
         cls = class_from_name(f)
         if cls is None:
-            raise RealmixError(
-                f"{f}: cannot tell its class; put it in {split_dir.name}/<class>/ or name it <number>_<class>"
-                f"{f.suffix}"
-            )
+            problems.add(f"{f}: cannot tell its class; put it in {split_dir.name}/<class>/ or name it "
+                         f"<number>_<class>{f.suffix}")
+            continue
         pairs.append((f, cls))
     return pairs
 
 
-def unlabelled_files(root: Path) -> list[Path]:
+def unlabelled_files(root: Path, problems: Problems) -> list[Path]:
     dirs = [root / d for d in UNLABELED_DIRS if (root / d).is_dir()]
     if len(dirs) > 1:
-        raise RealmixError(f"{root}: has both unlabeled/ and unlabelled/; merge them into one")
-    return list_files(dirs[0]) if dirs else []
+        problems.add(f"{root}: has both unlabeled/ and unlabelled/; merge them into one")
+    return [f for d in dirs for f in list_files(d, problems)]
 
 
 def load(p: DatasetParams) -> RawDataset:
+    """Read the folder. Every problem in it (layout, non-image or unreadable files, classes) is collected and
+    reported together, capped, in one error: one run shows all that needs fixing."""
     root = Path(p.folder)
     if not root.is_dir():
         raise RealmixError(f"dataset.folder={p.folder!r}: folder not found; set it to your dataset root")
-    train = labelled_files(root / "train")
-    test = labelled_files(root / "test")
+    problems = Problems(root)
+    train = labelled_files(root / "train", problems)
+    test = labelled_files(root / "test", problems)
     class_names = sorted({c for _, c in train})
     missing = sorted({c for _, c in test} - set(class_names))
-    if missing:
-        raise RealmixError(
+    if missing and train:
+        problems.add(
             f"{root / 'test'}: classes {missing} have test images but no training images in {root / 'train'}; "
             "add training images for them or remove them from test"
         )
+    unl = unlabelled_files(root, problems)
+    # decode every file before reporting, so unreadable images are listed with the layout problems
+    paths = {"train": [f for f, _ in train], "test": [f for f, _ in test], "unlabeled": unl}
+    decoded = {name: load_many(fs, p.img_size, p.resize, desc=name, problems=problems)
+               for name, fs in paths.items() if fs}
+    problems.raise_if_any()
     index = {c: i for i, c in enumerate(class_names)}
-    unl = unlabelled_files(root)
 
-    def subset(pairs: list[tuple[Path, str]], desc: str):
-        images = load_many([f for f, _ in pairs], p.img_size, p.resize, desc=desc)
-        return [(images, np.array([index[c] for _, c in pairs], np.int64))]
-
-    subsets = {"train": subset(train, "train"), "test": subset(test, "test")}
+    subsets = {name: [(decoded[name], np.array([index[c] for _, c in pairs], np.int64))]
+               for name, pairs in (("train", train), ("test", test))}
     if unl:
-        images = load_many(unl, p.img_size, p.resize, desc="unlabeled")
-        subsets["unlabeled"] = [(images, np.full(len(unl), UNKNOWN, np.int64))]
-    files = {
-        "train": [str(f.relative_to(root)) for f, _ in train],
-        "test": [str(f.relative_to(root)) for f, _ in test],
-        "unlabeled": [str(f.relative_to(root)) for f in unl],
-    }
+        subsets["unlabeled"] = [(decoded["unlabeled"], np.full(len(unl), UNKNOWN, np.int64))]
+    files = {name: [str(f.relative_to(root)) for f in fs] for name, fs in paths.items()}
     return RawDataset(
         class_names=class_names,
         subsets=subsets,
