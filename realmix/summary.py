@@ -36,7 +36,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
         return None, None
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return mean, 0.0
+        return mean, None  # one seed has no spread: none is shown rather than a fake 0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std over seeds
 
 
@@ -73,7 +73,10 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
-    return "n/a" if mean is None else f"{mean:.2f} ± {std:.2f}"
+    """`mean ± std`; the mean alone where there is no spread to show (a single seed)."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -100,7 +103,7 @@ def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: f
         name = r["algorithm"] + (f" (aug{r['copies']})" if r["copies"] else "")
         value, std = r.get(key), r.get(f"{key}_std")
         cells.setdefault(name, {})[r["mismatch"]] = (
-            "n/a" if value is None else _fmt(value * scale, (std or 0.0) * scale))
+            "n/a" if value is None else _fmt(value * scale, None if std is None else std * scale))
     lines = ["| algorithm | " + " | ".join(f"{level} % mismatch" for level in levels) + " |",
              "|---|" + "---|" * len(levels)]
     lines += [f"| {name} | " + " | ".join(c.get(level, "") for level in levels) + " |" for name, c in cells.items()]

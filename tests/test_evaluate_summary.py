@@ -99,10 +99,11 @@ def test_aggregate_mean_and_sample_std_over_seeds():
     assert rows["mixmatch"]["last20"] == 90.0 and rows["mixmatch"]["last20_std"] == 10.0
     assert rows["mixmatch"]["error"] == 10.0 and rows["mixmatch"]["runs"] == 3
     sup = rows["supervised"]
-    assert sup["runs"] == 1 and sup["last20"] == 60.0 and sup["last20_std"] == 0.0
+    assert sup["runs"] == 1 and sup["last20"] == 60.0 and sup["last20_std"] is None  # one value: no spread
     assert sup["missing"] == ["d.2@30-100"] and sup["evaluations"] == 5
     table = markdown_table(list(rows.values()))
     assert "| mixmatch | d@30-100 | 3/3 | 90.00 ± 10.00 | 10.00 ± 10.00 |  |" in table
+    assert "| supervised | d@30-100 | 1/2 | 60.00 | 40.00 |" in table  # not a fake "± 0.00"
     assert "1 run(s) with fewer than 20 evaluations" in table
 
 
