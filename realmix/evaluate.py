@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import atomic
 from .errors import RealmixError
@@ -71,7 +70,7 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     share of out-of-class / in-class images the method's mask admitted). Returns the evaluation dict.
     """
     from .charts import training_curves
-    from .inference import load_model, predict_proba
+    from .inference import load_model, predict_proba, run_precision
     from .train import pick_device
 
     run_dir = Path(run_dir)
@@ -86,7 +85,7 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     test = store.subset("test")
     labels = test.labels
     # the precision the run was trained and evaluated in, so this agrees with the training loop's last figure
-    amp = torch.bfloat16 if meta.get("precision") == str(torch.bfloat16) else None
+    amp = run_precision(meta)
     probs = predict_proba(model, test.images, batch=batch, autocast_dtype=amp)
     known = labels >= 0
     if not known.any():

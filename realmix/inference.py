@@ -39,6 +39,13 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: torch.devi
     return model.to(device).eval(), meta
 
 
+def run_precision(meta: dict[str, Any]) -> torch.dtype | None:
+    """The autocast dtype a run was trained and evaluated in (model.pt's `precision`): bf16, or None for float32.
+    `evaluate` and `realmix predict` both compute in it, so they agree with each other and with the training
+    loop's last evaluation image by image."""
+    return torch.bfloat16 if meta.get("precision") == str(torch.bfloat16) else None
+
+
 def has_open_heads(model: nn.Module) -> bool:
     """Whether the network has IOMatch's open-set heads (then `model(x, heads=True)` also gives their logits)."""
     return getattr(model, "heads", None) is not None

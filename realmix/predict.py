@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import atomic
 from .errors import RealmixError
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
-from .inference import WEIGHTS, load_model, predict_proba
+from .inference import WEIGHTS, load_model, predict_proba, run_precision
 from .train import pick_device
 
 ON_ERROR = ("fail", "skip")
@@ -97,6 +97,7 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
         raise RealmixError("device cuda requested but no CUDA GPU is visible; use device auto or cpu")
     dev = pick_device(device)
     model, meta = load_model(model_path, weights, dev)
+    amp = run_precision(meta)  # the run's own precision, as `evaluate`: the same label for the same image
     class_names: list[str] = list(meta["class_names"])
     h, w, c = meta["image_shape"]
     if h != w or c not in (1, 3):
@@ -147,7 +148,7 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
                     kept.append(rel)
                 if arrays:
                     parts.append(predict_proba(model, np.stack(arrays), batch=batch, device=dev,
-                                               progress=pred_bar.update))
+                                               autocast_dtype=amp, progress=pred_bar.update))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if not kept:

@@ -347,3 +347,30 @@ def test_cli_predict_and_its_errors(tmp_path, model_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "notes.txt" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+def test_predict_agrees_with_evaluate_image_by_image_in_the_runs_precision(tmp_path):
+    """A run trained in bf16: `evaluate` (store images) and `realmix predict` (the same images as PNG files) give
+    the same probabilities, so the same label for every image."""
+    from realmix.evaluate import evaluate_run
+
+    rng = np.random.default_rng(3)
+    store = make_store(tmp_path / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
+        "test": np.arange(60) % 3}, k=3, hw=8)
+    run = tmp_path / "run"
+    Trainer(tiny_params(train={"precision": "bf16"}), "supervised", store, split_seed=1).fit(run)
+    assert ckpt.load(run / "model.pt", expect=ckpt.MODEL_FORMAT)["precision"] == "torch.bfloat16"
+    evaluate_run(run, store, tmp_path / "accuracy.json", batch=7, device="cpu")
+    images = np.asarray(store.subset("test").images[:])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    predict_folder(run / "model.pt", folder, tmp_path / "pred", batch=7, device="cpu", progress=False)
+    evaluated = np.load(run / "eval" / "predictions.npy")
+    predicted = np.load(tmp_path / "pred" / "predictions.npy")
+    np.testing.assert_array_equal(predicted, evaluated)
+    # in fp32 the same weights give slightly different probabilities: the precision is what made them agree
+    model, _ = load_model(run / "model.pt")
+    assert not np.array_equal(predict_proba(model, images, batch=7), evaluated)
