@@ -194,11 +194,20 @@ class Trainer:
             self.unlabel_stream = IndexStream(unlabel.count, np.random.default_rng(order_u))
             ood = ood_flags(store, "unlabel")  # class-mismatch splits: log how much out-of-class data masks admit
             self.unlabel_ood = None if ood is None else torch.from_numpy(ood).to(self.device)
-        self.fingerprint = self._fingerprint(params, algorithm, split_seed)
+        # what makes the step depend on the run's total length: then train_kimg is part of the run's identity
+        self.length_dependence = [r for r in (
+            self.algo.run_length_dependence(),
+            f"the cosine learning-rate schedule ({algorithm}.lr_schedule: cosine)" if self.lr_schedule == "cosine"
+            else None) if r]
+        self.identity = self._identity(params, algorithm, split_seed)
+        self.fingerprint = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- identity ---------------------------------------------------------------------------------------
-    def _fingerprint(self, p: Params, algorithm: str, split_seed: int) -> str:
-        train = {k: v for k, v in dataclasses.asdict(p.train).items() if k not in _NOT_IN_FINGERPRINT}
+    def _identity(self, p: Params, algorithm: str, split_seed: int) -> dict[str, Any]:
+        """Everything that decides what the run computes (its fingerprint is the hash). train_kimg only where the
+        step depends on the run length: elsewhere a longer run is the same run continued (train longer)."""
+        skip = _NOT_IN_FINGERPRINT + (() if self.length_dependence else ("train_kimg",))
+        train = {k: v for k, v in dataclasses.asdict(p.train).items() if k not in skip}
         ident = {
             "algorithm": algorithm, "algorithm_params": dataclasses.asdict(p.algorithm(algorithm)),
             "model": self.arch, "train": train, "split_seed": split_seed,
@@ -207,7 +216,28 @@ class Trainer:
         if algorithm == "realmix":
             ident["tsa"] = p.tsa
         ident["train"]["precision"] = str(self.autocast_dtype or torch.float32)  # what `auto` resolved to here
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        return ident
+
+    def _why_not_resumable(self, state: dict[str, Any]) -> str:
+        """Which params (or data) differ from a checkpoint's run, said for the user."""
+        saved = state.get("identity")
+        if not isinstance(saved, dict):
+            return "made by an earlier realmix version, which recorded no identity"
+
+        def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+            if not isinstance(d, dict):
+                return {prefix: d}
+            return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+        a, b = flat(saved), flat(self.identity)
+        shown = {"data": "the split's data", "split_seed": "the split seed"}
+        changed = [shown.get(k, k.replace("algorithm_params.", f"{self.algorithm_name}."))
+                   for k in (key.rstrip(".") for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key))]
+        if changed == ["train.train_kimg"] and self.length_dependence:
+            return f"train.train_kimg changed and {' and '.join(self.length_dependence)}, so it cannot be continued"
+        if "train.train_kimg" in changed and self.length_dependence:
+            changed.append(f"({' and '.join(self.length_dependence)} depends on train_kimg)")
+        return "changed: " + ", ".join(changed) if changed else "other params or data"
 
     # -- one step ---------------------------------------------------------------------------------------
     def autocast(self) -> torch.autocast:
@@ -404,7 +434,8 @@ class Trainer:
         """The checkpoint (distributed: a collective; every rank's generators are gathered into it)."""
         ranks = distributed.all_gather_object(self._rank_rng()) if self.dist.enabled else [self._rank_rng()]
         return {
-            "format": ckpt.CKPT_FORMAT, "fingerprint": self.fingerprint, "images": self.images,
+            "format": ckpt.CKPT_FORMAT, "fingerprint": self.fingerprint, "identity": self.identity,
+            "images": self.images, "total": self.total,
             "world_size": self.dist.world_size, "rank_rng": ranks,
             "algorithm": self.algorithm_name, "arch": self.arch, "num_classes": self.num_classes,
             "class_names": self.class_names, "image_shape": self.image_shape,
@@ -477,11 +508,20 @@ class Trainer:
         if found is None:
             return None
         path, state = found
-        if state.get("fingerprint") == self.fingerprint:
+        end = -(-self.total // self.batch) * self.batch  # the loop stops at the first batch that reaches total
+        if state.get("fingerprint") == self.fingerprint and state["images"] <= end:
+            longer = state.get("total", self.total) < self.total
             print(f"resuming {out_dir} from {path.name} ({state['images']} images, saved by "
-                  f"{state.get('world_size', 1)} process(es))", file=sys.stderr)
+                  f"{state.get('world_size', 1)} process(es))"
+                  + (f"; training longer, to {self.total} images" if longer else ""), file=sys.stderr)
             return str(path), state
-        print(f"{out_dir}: checkpoints are from other params or data; starting from scratch", file=sys.stderr)
+        if state.get("fingerprint") == self.fingerprint:
+            why = (f"they are at {state['images']} images, past train.train_kimg={self.params.train.train_kimg} "
+                   "(a run cannot be shortened)")
+        else:
+            why = self._why_not_resumable(state)
+        print(f"{out_dir}: checkpoints are from other params or data ({why}); starting from scratch",
+              file=sys.stderr)
         ckdir.clear()
         return None
 

@@ -303,3 +303,59 @@ def test_ema_bn_recompute_only_changes_what_is_evaluated(tmp_path, store):
     probs = t_re.predict(model, test.images)
     acc = 100.0 * float((probs.argmax(1) == test.labels).mean())
     assert acc == pytest.approx(m_re["history"][-1]["test/accuracy"])
+
+
+# -- train longer --------------------------------------------------------------------------------------------
+def history_at(history, key="test/accuracy"):
+    return {r["step"]: r[key] for r in history if key in r}
+
+
+@pytest.mark.parametrize("algorithm", ["supervised", "mixmatch", "fixmatch"])
+def test_raising_train_kimg_continues_the_run_to_the_same_end_as_a_longer_run(tmp_path, store, capsys, algorithm):
+    """Nothing of these steps depends on the run length (fixmatch with a constant lr), so a finished 0.05-kimg run
+    raised to 0.1 kimg resumes at its end and ends with the weights of a 0.1-kimg run trained at once."""
+    over = {"fixmatch": {"mu": 2, "lr_schedule": "constant"}}
+    short, long_ = tiny_params(**over), tiny_params(train={"train_kimg": 0.1}, **over)
+    Trainer(long_, algorithm, store, split_seed=1).fit(tmp_path / "long")
+    Trainer(short, algorithm, store, split_seed=1).fit(tmp_path / "run")
+    capsys.readouterr()
+    Trainer(long_, algorithm, store, split_seed=1).fit(tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "resuming" in err and "(54 images" in err and "training longer, to 102 images" in err, err
+    a = ckpt.load(tmp_path / "long" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    b = ckpt.load(tmp_path / "run" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert a["images"] == b["images"] == 102
+    assert state_equal(a["model"], b["model"]) and state_equal(a["raw_model"], b["raw_model"])
+    # every evaluation of the long run is in the extended run's history, with the same figure (the extended run
+    # also has the evaluation at the short run's end)
+    long_acc, run_acc = history_at(a["history"]), history_at(b["history"])
+    assert all(run_acc[step] == acc for step, acc in long_acc.items()) and 54 in run_acc
+
+
+@pytest.mark.parametrize("algorithm, over, reason", [
+    ("realmix", {"tsa": "linear_schedule"}, "TSA's threshold schedule (tsa: linear_schedule) spans the whole run"),
+    ("fixmatch", {"fixmatch": {"mu": 2}}, "the cosine learning-rate schedule (fixmatch.lr_schedule: cosine)"),
+    ("pi_model", {}, "the consistency weight's ramp over the first 0.4 of the run (pi_model.warmup_pos)"),
+])
+def test_raising_train_kimg_starts_over_where_the_step_depends_on_the_run_length(tmp_path, store, capsys, algorithm,
+                                                                               over, reason):
+    Trainer(tiny_params(**over), algorithm, store, split_seed=1).fit(tmp_path / "run")
+    capsys.readouterr()
+    long_ = tiny_params(train={"train_kimg": 0.1}, **over)
+    Trainer(long_, algorithm, store, split_seed=1).fit(tmp_path / "run")
+    err = capsys.readouterr().err
+    assert f"(train.train_kimg changed and {reason}, so it cannot be continued); starting from scratch" in err, err
+    Trainer(long_, algorithm, store, split_seed=1).fit(tmp_path / "fresh")
+    a = ckpt.load(tmp_path / "fresh" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    b = ckpt.load(tmp_path / "run" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert state_equal(a["model"], b["model"])
+
+
+def test_a_run_is_not_shortened_and_the_restart_names_what_changed(tmp_path, store, capsys):
+    Trainer(tiny_params(train={"train_kimg": 0.1}), "supervised", store, split_seed=1).fit(tmp_path / "run")
+    capsys.readouterr()
+    Trainer(tiny_params(), "supervised", store, split_seed=1).fit(tmp_path / "run")
+    assert "they are at 102 images, past train.train_kimg=0.05 (a run cannot be shortened)" in capsys.readouterr().err
+    Trainer(tiny_params(train={"lr": 0.001}, supervised={"smoothing": 0.1}), "supervised", store,
+            split_seed=1).fit(tmp_path / "run")
+    assert "(changed: supervised.smoothing, train.lr); starting from scratch" in capsys.readouterr().err

@@ -86,6 +86,11 @@ class Algorithm:
         # the EMA of the model's weights (BN buffers copied from the model), set by the loop; teacher methods read it
         self.teacher: nn.Module | None = None
 
+    def run_length_dependence(self) -> str | None:
+        """What of this algorithm's step depends on the run's total length (so a longer run is another run from
+        its first step), or None. Ramps in kimg do not; schedules over the run's fraction do."""
+        return None
+
     def check_batch(self, batch_size: int) -> None:
         """Raise ValueError when the batch size cannot work with this algorithm."""
 

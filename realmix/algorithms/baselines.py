@@ -28,8 +28,16 @@ class SupervisedMixUp(Algorithm):
         return StepOut(loss, {"loss_x": loss.detach()})
 
 
+def _ramp_dependence(algo: Algorithm) -> str:
+    return (f"the consistency weight's ramp over the first {algo.params.warmup_pos} of the run "
+            f"({algo.name}.warmup_pos)")
+
+
 class _Consistency(Algorithm):
     """Cross-entropy on the labelled batch + ramped weight x an unlabelled loss computed by `unsupervised`."""
+
+    def run_length_dependence(self) -> str | None:
+        return _ramp_dependence(self)
 
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         loss_x = nn.functional.cross_entropy(model(batch.x), batch.y)
@@ -87,6 +95,9 @@ class VAT(Algorithm):
 
     name = "vat"
     views = 1
+
+    def run_length_dependence(self) -> str | None:
+        return _ramp_dependence(self)
 
     def adversarial_direction(self, model: nn.Module, u: Tensor, logits: Tensor) -> Tensor:
         """One power iteration: the unit direction r that most increases the KL divergence from p(u)."""

@@ -30,6 +30,10 @@ class IOMatch(FixMatch):
     def open_heads(self) -> int:
         return self.params.proj_size
 
+    def run_length_dependence(self) -> str | None:
+        d = self.params.open_delay
+        return f"the open loss starts after {d} of the run (iomatch.open_delay)" if d > 0 else None
+
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         p = self.params
         n = len(batch.x)

@@ -16,6 +16,9 @@ from .supervised import soft_cross_entropy
 class RealMix(MixMatch):
     name = "realmix"
 
+    def run_length_dependence(self) -> str | None:
+        return None if self.tsa == "none" else f"TSA's threshold schedule (tsa: {self.tsa}) spans the whole run"
+
     def supervised_loss(self, logits: Tensor, labels: Tensor, progress: Progress) -> tuple[Tensor, dict]:
         """Cross-entropy on the mixed labels, averaged over the rows TSA keeps (§A.7)."""
         ce = soft_cross_entropy(logits, labels)
