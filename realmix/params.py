@@ -550,7 +550,9 @@ class Params:
         if self.mismatch.levels and self.mismatch.size not in self.split.sizes:
             raise RealmixError(
                 f"params: mismatch.size={self.mismatch.size} is not one of split.sizes={self.split.sizes}; "
-                "the mismatch datasets are cut from that split"
+                "the mismatch datasets are cut from that split: set mismatch.levels: [] to run without the "
+                f"class-mismatch protocol (e.g. on your own images), or set mismatch.size to one of "
+                f"{self.split.sizes}"
             )
 
 

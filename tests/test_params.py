@@ -47,7 +47,8 @@ def test_unknown_key_names_it_and_suggests():
         ({"split__seeds": 1}, r"split.seeds must be a list"),
         ({"split__sizes": [0]}, r"split.sizes contains 0"),
         ({"dataset__download": "yes"}, r"dataset.download must be true or false"),
-        ({"mismatch__size": 99}, r"mismatch.size=99 is not one of split.sizes"),
+        ({"mismatch__size": 99}, r"mismatch.size=99 is not one of split.sizes=\[30\]; .*set mismatch.levels: \[\] "
+                                 r"to run without the class-mismatch protocol .*or set mismatch.size to one of \[30\]"),
         ({"mismatch__levels": [0, 33]}, r"mismatch.levels has 33 but mismatch.unlabelled_classes has no entry"),
         ({"preaugment__copies": [0]}, r"preaugment.copies contains 0"),
         ({"dataset__img_size": 12}, r"multiple of 8 for digits"),
