@@ -13,7 +13,7 @@ from realmix import checkpoint as ckpt
 from realmix import predict as predict_mod
 from realmix.errors import RealmixError
 from realmix.images import load_rgb
-from realmix.inference import load_model, predict_proba
+from realmix.inference import load_model, predict_proba, run_precision
 from realmix.models import build_model
 from realmix.predict import PredictResult, predict_folder
 from realmix.train import Trainer
@@ -108,10 +108,11 @@ def test_outputs_match_predict_proba(tmp_path, model_path):
     assert not (tmp_path / "out" / "skipped.csv").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.csv", "predictions.npy"]
 
-    model, _ = load_model(model_path, "ema")
+    model, meta = load_model(model_path, "ema")
     order = [r["path"] for r in rows]
     picks = ["c0/c.png", COMMA]  # non-square RGBA images: exercises alpha compositing and padding
-    by_hand = predict_proba(model, np.stack([load_rgb(images / p, 8, "pad") for p in picks]))
+    by_hand = predict_proba(model, np.stack([load_rgb(images / p, 8, "pad") for p in picks]),
+                            autocast_dtype=run_precision(meta))  # in the run's precision, as evaluate
     np.testing.assert_allclose(probs[[order.index(p) for p in picks]], by_hand, atol=1e-5)
     assert len({tuple(np.round(p, 5)) for p in probs}) > 1  # noise images: not one constant prediction
 
@@ -123,13 +124,15 @@ def test_weights_and_resize_are_honoured(tmp_path, model_path):
     crop = np.load(predict_folder(model_path, images, tmp_path / "crop", resize="crop", progress=False).npy)
     assert not np.allclose(ema, raw) and not np.allclose(ema, crop)
     rows = [r["path"] for r in read_csv(tmp_path / "crop" / "predictions.csv")]
-    model, _ = load_model(model_path, "raw")
+    model, meta = load_model(model_path, "raw")
+    amp = run_precision(meta)
     i = rows.index("photo.png")
-    np.testing.assert_allclose(raw[i], predict_proba(model, load_rgb(images / "photo.png", 8, "pad")[None])[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        raw[i], predict_proba(model, load_rgb(images / "photo.png", 8, "pad")[None], autocast_dtype=amp)[0], atol=1e-5)
     model, _ = load_model(model_path, "ema")
-    np.testing.assert_allclose(crop[i], predict_proba(model, load_rgb(images / "photo.png", 8, "crop")[None])[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        crop[i], predict_proba(model, load_rgb(images / "photo.png", 8, "crop")[None], autocast_dtype=amp)[0],
+        atol=1e-5)
 
 
 def test_true_classes_and_accuracy(tmp_path, model_path):
