@@ -21,8 +21,6 @@ from .inference import has_open_heads, predict_outputs
 from .preaugment import original_positions
 from .store import Store
 
-SCORES = ("msp", "open")
-
 
 def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
     """Per image of `subset`: True where out-of-class; None when the store is not a class-mismatch split (its

@@ -452,8 +452,7 @@ class FixMatchParams(AlgorithmParams):
     cutout: float = 0.5  # side of the Cutout square after RandAugment, as a fraction of the image side
 
     def validate(self) -> None:
-        where = _SECTION_OF[type(self)]
-        self.validate_optimizer(where)
+        where = _SECTION_OF[type(self)]  # optimiser keys: checked for every section by Params.validate
         if not 0 <= self.threshold <= 1:
             raise RealmixError(f"params: {where}.threshold={self.threshold} must be in [0, 1]")
         if not self.lambda_u >= 0:

@@ -93,9 +93,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: float = 1.0) -> str:
     """`key` (default: accuracy) vs class-mismatch level: one row per algorithm (and pre-augmentation), one
-    column per level, values x `scale`; empty when no mismatch runs are planned or none has the figure."""
+    column per level, values x `scale`; empty when no mismatch runs are planned or, for an open-set figure, none
+    has it (the accuracy table is kept with n/a cells: runs without 20 evaluations are a note, not a gap)."""
     rows = [r for r in rows if r.get("mismatch") is not None]
-    if not any(r.get(key) is not None for r in rows):
+    if not rows or (key != "last20" and not any(r.get(key) is not None for r in rows)):
         return ""
     levels = sorted({r["mismatch"] for r in rows})
     cells: dict[str, dict[int, str]] = {}
