@@ -21,12 +21,15 @@ import numpy as np
 from . import atomic
 from .errors import RealmixError
 from .metrics import classification_metrics, confusion_matrix
-from .openset import pool_metrics
+from .openset import pool_metrics, score_pool
+from .params import ReportParams
 from .store import Store
 
 LAST = (1, 10, 20, 50)
 # open-set figures copied into accuracy.json (the DVC metrics) of class-mismatch runs
-OPEN_SET_METRICS = ("auroc", "auroc_msp", "auroc_open", "ood_admitted", "in_admitted")
+OPEN_SET_METRICS = ("auroc", "auroc_msp", "auroc_energy", "auroc_open", "ood_admitted", "in_admitted")
+# the out-of-class report's flag on a class-mismatch split: the share of out-of-class / in-class images flagged
+REPORT_METRICS = ("flagged_ood", "flagged_in")
 
 
 def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
@@ -60,18 +63,23 @@ def predictions_csv(labels: np.ndarray, probs: np.ndarray, class_names: list[str
 
 
 def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | os.PathLike, *, batch: int = 256,
-                 device: str = "auto") -> dict[str, Any]:
+                 device: str = "auto", report: ReportParams | None = None) -> dict[str, Any]:
     """Evaluate run_dir/model.pt (EMA weights, in the run's precision) on the store's test images.
 
     Writes run_dir/eval/: evaluation.json (accuracy, precision/recall/F1 macro and weighted, per-class accuracy,
-    confusion matrix), predictions.npy (N x K probabilities), predictions.csv, accuracy.png (the run's curves);
-    and metrics_path: the last-N medians of the run's evaluation history. On a class-mismatch split both also
-    get the open-set metrics of the unlabelled pool (realmix/openset.py: AUROC of each out-of-class score, the
-    share of out-of-class / in-class images the method's mask admitted). Returns the evaluation dict.
+    confusion matrix, the out-of-class report's summary), predictions.npy (N x K probabilities), predictions.csv,
+    accuracy.png (the run's curves), the out-of-class report of the unlabelled images (realmix/report.py:
+    unlabelled.csv, grids/*.png); and metrics_path: the last-N medians of the run's evaluation history. On a
+    class-mismatch split both also get the open-set metrics of the unlabelled pool (realmix/openset.py: AUROC of
+    each out-of-class score, the share of out-of-class / in-class images the method's mask admitted and the
+    report flagged). Returns the evaluation dict.
     """
     from .charts import training_curves
-    from .inference import load_model, predict_proba, run_precision
+    from .inference import load_model, predict_outputs, predict_proba, run_precision
+    from .report import write_report
     from .train import pick_device
+
+    report = report or ReportParams()
 
     run_dir = Path(run_dir)
     model_path = run_dir / "model.pt"
@@ -100,16 +108,25 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     }
     history = meta.get("history", [])
     medians = {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
-    open_set = pool_metrics(model, store, history, batch=batch, autocast_dtype=amp)
+    pool = score_pool(model, store, batch=batch, autocast_dtype=amp)
+    open_set = pool_metrics(model, store, history, scored=pool)
     if open_set is not None:
         result["open_set"] = open_set
         medians.update({k: v for k, v in open_set.items() if k in OPEN_SET_METRICS})
+    valid = None
+    if store.has("valid") and store.subset("valid").count:
+        valid = predict_outputs(model, store.subset("valid").images, batch=batch, autocast_dtype=amp, open_head=True)
+    test_names = store.row_names("test") or [f"test/{i}" for i in range(test.count)]
 
     out = run_dir / "eval"
     with atomic.atomic_path(out, directory=True) as tmp:
-        (tmp / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
         np.save(tmp / "predictions.npy", probs.astype(np.float32))
         (tmp / "predictions.csv").write_text(predictions_csv(labels, probs, store.class_names))
         training_curves(history, tmp / "accuracy.png", title=f"{meta['algorithm']} on {store.name}")
+        result["out_of_class"] = write_report(model, pool, valid, test.images, labels, probs, test_names,
+                                              store.class_names, tmp, report)
+        (tmp / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    if open_set is not None:
+        medians.update({k: result["out_of_class"].get(k) for k in REPORT_METRICS})
     atomic.write_text(metrics_path, json.dumps(medians, indent=4, sort_keys=True) + "\n")
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,20 +60,31 @@ def predict_proba(model: nn.Module, images: Any, *, batch: int = 256, device: to
     is called with the number of images done after each batch.
     """
     return predict_outputs(model, images, batch=batch, device=device, autocast_dtype=autocast_dtype,
-                           progress=progress)[0]
+                           progress=progress).probs
+
+
+@dataclass
+class Outputs:
+    """What a network says about N images: class probabilities (N x K), the energy -logsumexp(logits) (N; higher
+    = less like any trained class, Liu et al. 2020) and, for a network with open-set heads when asked for, the
+    open head's (K+1)-way probabilities (N x (K+1), the last column = out-of-class); else None."""
+
+    probs: np.ndarray
+    energy: np.ndarray
+    open_probs: np.ndarray | None = None
 
 
 @torch.inference_mode()
 def predict_outputs(model: nn.Module, images: Any, *, batch: int = 256, device: torch.device | str | None = None,
                     autocast_dtype: torch.dtype | None = None, progress: Any = None, open_head: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`predict_proba`'s probabilities and, with `open_head` on a network that has the open-set heads, the open
-    head's (K+1)-way probabilities (N x (K+1), the last column = out-of-class); else None. One forward each batch."""
+                    ) -> Outputs:
+    """`predict_proba`'s probabilities with the energy of each image and, with `open_head` on a network that has
+    the open-set heads, the open head's probabilities. One forward per batch."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     heads = open_head and has_open_heads(model)
     was_training = model.training
     model.eval()
-    out, out_open = [], []
+    out, out_energy, out_open = [], [], []
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     try:
@@ -85,12 +97,15 @@ def predict_outputs(model: nn.Module, images: Any, *, batch: int = 256, device: 
                 else:
                     logits = model(to_input(x))
                 out.append(logits.softmax(-1).cpu())
+                out_energy.append(logits.float().logsumexp(-1).neg().cpu())
             if progress is not None:
                 progress(len(x))
     finally:
         model.train(was_training)
     k = model.fc.out_features if hasattr(model, "fc") else 0
-    probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
-    if not heads:
-        return probs, None
-    return probs, torch.cat(out_open).numpy() if out_open else np.zeros((0, k + 1), np.float32)
+    probs = torch.cat(out).float().numpy() if out else np.zeros((0, k), np.float32)
+    energy = torch.cat(out_energy).numpy() if out_energy else np.zeros(0, np.float32)
+    open_probs = None
+    if heads:
+        open_probs = torch.cat(out_open).numpy() if out_open else np.zeros((0, k + 1), np.float32)
+    return Outputs(probs, energy, open_probs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RealmixError
-from .store import Store, StoreWriter
+from .store import NAMES, Store, StoreWriter
 
 PARTS = ("label", "valid", "unlabel", "test")
 
@@ -45,11 +45,13 @@ def filter_split(split: Store, out: str | Path, *, name: str, labelled_classes: 
         "split": split.name, "level": level, "labelled_classes": lab,
         "unlabelled_classes": sorted(unlabelled_classes), "ood_classes": ood, "remap": remap,
     }
+    names: dict[str, list[str]] = {}
     with StoreWriter(out, class_names, name=name, meta=meta) as w:
         for part in PARTS:
             if not split.has(part):
                 continue
-            n = n_ood = 0
+            n = n_ood = row = 0
+            source_names = split.row_names(part)
             for images, labels in split.subset(part).iter_shards():
                 if part == "unlabel" and (labels < 0).any():
                     raise RealmixError(
@@ -57,6 +59,9 @@ def filter_split(split: Store, out: str | Path, *, name: str, labelled_classes: 
                         "cannot be filtered by class; the mismatch protocol needs a fully labelled pool"
                     )
                 sel = np.isin(labels, keep[part])
+                if source_names is not None:
+                    names.setdefault(part, []).extend(source_names[row + i] for i in np.flatnonzero(sel).tolist())
+                row += len(labels)
                 n += int(sel.sum())
                 if part == "unlabel":
                     n_ood += int(np.isin(labels, ood).sum())
@@ -64,6 +69,8 @@ def filter_split(split: Store, out: str | Path, *, name: str, labelled_classes: 
             counts[part] = n
             if part == "unlabel":
                 w.meta["ood_fraction"] = round(n_ood / max(n, 1), 6)
+        if names:
+            w.write_json(NAMES, names)
         for part in ("label", "unlabel", "test"):
             if counts.get(part, 0) == 0:
                 raise RealmixError(

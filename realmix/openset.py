@@ -4,20 +4,21 @@ On a class-mismatch split (realmix/mismatch.py) the class of every unlabelled im
 in-class (one of the labelled classes) or out-of-class. A run is scored there with:
 - AUROC of an out-of-class score over the unlabelled pool (scikit-learn's roc_auc_score; in-class = 0, out-of-
   class = 1; 0.5 = chance, below 0.5 = the score ranks out-of-class images as *more* in-class). The scores:
-  `msp`: 1 - max softmax probability (every model); `open`: the out-of-class probability of IOMatch's (K+1)-way
-  open head (models with open-set heads). Each run's own score (`auroc`) is `open` where the model has the
-  head, else `msp`.
+  `msp`: 1 - max softmax probability and `energy`: -logsumexp(logits) (every model); `open`: the out-of-class
+  probability of IOMatch's (K+1)-way open head (models with open-set heads). Each run's own score (`auroc`) is
+  `open` where the model has the head, else `msp`.
 - the share of out-of-class (and of in-class) unlabelled images that the method's mask admitted into its
   unlabelled loss during training, from the training logs (train/ood_admitted, train/in_admitted).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .inference import has_open_heads, predict_outputs
+from .inference import Outputs, has_open_heads, predict_outputs
 from .preaugment import original_positions
 from .store import Store
 
@@ -35,13 +36,20 @@ def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
     return np.isin(labels, ood)
 
 
-def outlier_scores(probs: np.ndarray, open_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Out-of-class scores (higher = more likely out-of-class) from closed-set probabilities (N x K) and, for a
-    model with an open head, its (K+1)-way probabilities (N x (K+1))."""
-    scores = {"msp": 1.0 - probs.max(1)}
-    if open_probs is not None:
-        scores["open"] = open_probs[:, -1]
+def outlier_scores(out: Outputs) -> dict[str, np.ndarray]:
+    """Every out-of-class score (higher = more likely out-of-class) a network's outputs offer: `msp` = 1 - max
+    softmax probability, `energy` = -logsumexp(logits), and `open` = the open head's out-of-class probability
+    where the network has one."""
+    scores = {"msp": 1.0 - out.probs.max(1), "energy": out.energy}
+    if out.open_probs is not None:
+        scores["open"] = out.open_probs[:, -1]
     return scores
+
+
+def own_score(model: Any) -> str:
+    """The score a method itself ranks out-of-class images by: IOMatch's open head where the network has it, else
+    1 - max softmax probability (the confidence RealMix's OOD mask and FixMatch's threshold use)."""
+    return "open" if has_open_heads(model) else "msp"
 
 
 def auroc(scores: np.ndarray, ood: np.ndarray) -> float | None:
@@ -63,28 +71,58 @@ def admitted_shares(history: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def pool_metrics(model: Any, store: Store, history: list[dict[str, float]], *, batch: int = 256,
-                 autocast_dtype: Any = None) -> dict[str, Any] | None:
-    """The open-set metrics of a trained model on its split's unlabelled pool; None unless the split is a
-    class-mismatch split. A pre-augmented pool is scored on its unaugmented originals where it kept them.
+@dataclass
+class ScoredPool:
+    """A split's unlabelled images as scored by a model: the images (N x H x W x C uint8), their names
+    (Store.row_names), their stored classes (-1 unknown), out-of-class flags where the split is a class-mismatch
+    split (else None), the model's outputs and what was scored."""
 
-    Returns the AUROC of each score the model offers (auroc_msp, auroc_open), the run's own (auroc, with
-    `score` naming it), the admitted shares from training, and the pool's size and out-of-class count.
-    """
-    ood = ood_flags(store, "unlabel")
-    if ood is None:
-        return None
+    images: np.ndarray
+    names: list[str]
+    labels: np.ndarray
+    ood: np.ndarray | None
+    outputs: Outputs
+    scored_on: str
+
+
+def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None) -> ScoredPool:
+    """Score a split's unlabelled pool with `model` (open head included where it has one). A pre-augmented pool
+    is scored on its unaugmented originals where it kept them, so each image counts once."""
     pool = store.subset("unlabel")
     positions = original_positions(store)
-    scored = "originals of the pre-augmented pool" if positions is not None else "pool"
+    names = store.row_names("unlabel")
     if positions is None:
         positions = np.arange(pool.count)
+        scored = "pool"
+        if names is not None and len(names) != pool.count:  # a pre-augmented pool without its originals
+            names = None
+    else:
+        scored = "originals of the pre-augmented pool"
+    if names is None:
+        names = [f"unlabel/{int(i)}" for i in positions]
     images = np.asarray(pool.images[positions])
-    ood = ood[positions]
-    probs, open_probs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True)
-    scores = outlier_scores(probs, open_probs)
+    ood = ood_flags(store, "unlabel")
+    outputs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True)
+    return ScoredPool(images, names, pool.labels[positions], None if ood is None else ood[positions], outputs,
+                      scored)
+
+
+def pool_metrics(model: Any, store: Store, history: list[dict[str, float]], *, batch: int = 256,
+                 autocast_dtype: Any = None, scored: ScoredPool | None = None) -> dict[str, Any] | None:
+    """The open-set metrics of a trained model on its split's unlabelled pool; None unless the split is a
+    class-mismatch split. `scored` reuses a `score_pool` result of the same model and store.
+
+    Returns the AUROC of each score the model offers (auroc_msp, auroc_energy, auroc_open), the run's own (auroc,
+    with `score` naming it), the admitted shares from training, and the pool's size and out-of-class count.
+    """
+    if ood_flags(store, "unlabel") is None:
+        return None
+    if scored is None:
+        scored = score_pool(model, store, batch=batch, autocast_dtype=autocast_dtype)
+    ood = scored.ood
+    scores = outlier_scores(scored.outputs)
     out: dict[str, Any] = {f"auroc_{name}": auroc(s, ood) for name, s in scores.items()}
-    own = "open" if has_open_heads(model) else "msp"
+    own = own_score(model)
     out.update({"auroc": out[f"auroc_{own}"], "score": own, "unlabelled_scored": int(len(ood)),
-                "unlabelled_ood": int(ood.sum()), "scored_on": scored, **admitted_shares(history)})
+                "unlabelled_ood": int(ood.sum()), "scored_on": scored.scored_on, **admitted_shares(history)})
     return out

@@ -500,6 +500,27 @@ SCALARS: dict[str, tuple[Any, Any]] = {
 }
 
 
+SCORES = ("msp", "energy", "open")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """`report`: the out-of-class report of a run's unlabelled images (written by `evaluate`)."""
+
+    score: Literal["auto", "msp", "energy", "open"] = "auto"  # the score that sets the out_of_class flag
+    keep: float = 0.95  # the cut keeps this share of the validation images (known in-class) below it
+    grid: int = 64  # images in the out-of-class and test-mistake grids
+    per_class: int = 8  # most confident unlabelled images shown per predicted class
+
+    def validate(self) -> None:
+        if not 0.0 < self.keep < 1.0:
+            raise RealmixError(f"params: report.keep={self.keep} must be between 0 and 1 (e.g. 0.95: the cut keeps "
+                               "95 % of the validation images as in-class)")
+        for key in ("grid", "per_class"):
+            if getattr(self, key) < 1:
+                raise RealmixError(f"params: report.{key}={getattr(self, key)} must be >= 1")
+
+
 @dataclass(frozen=True)
 class Params:
     dataset: DatasetParams
@@ -521,6 +542,7 @@ class Params:
     realmix: RealMixParams = field(default_factory=RealMixParams)
     fixmatch: FixMatchParams = field(default_factory=FixMatchParams)
     iomatch: IOMatchParams = field(default_factory=IOMatchParams)
+    report: ReportParams = field(default_factory=ReportParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule
 
     def algorithm(self, name: str) -> Any:

@@ -129,13 +129,14 @@ def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
 
 
 def evaluate(p: Params, algorithm: str, data: str) -> dict:
-    """Evaluate runs/<algorithm>/<data>/model.pt on its split's test images; write eval/ and accuracy.json."""
+    """Evaluate runs/<algorithm>/<data>/model.pt on its split's test images, and report its out-of-class
+    unlabelled images; write eval/ and accuracy.json."""
     from .evaluate import evaluate_run
 
     name = SplitName.parse(data)
     return evaluate_run(run_dir(algorithm, name), Store.open(split_dir(name)),
                         RUN_METRICS / algorithm / str(name) / "accuracy.json",
-                        batch=p.train.eval_batch, device=p.train.device)
+                        batch=p.train.eval_batch, device=p.train.device, report=p.report)
 
 
 def planned_runs(p: Params) -> list[RunRef]:

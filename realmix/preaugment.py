@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .augment import AUGMENTS, augment_batch
 from .errors import RealmixError
-from .store import Store, StoreWriter
+from .store import NAMES, Store, StoreWriter
 
 POOL = "unlabel"
 SHARD_BYTES = 256 << 20  # largest shard buffer; two are held while writing in the background
@@ -96,6 +96,8 @@ def preaugment(
                 _write_pool(writer, src, params, progress=progress, background_write=background_write)
             else:
                 writer.copy_subset(subset, src.subset(subset))
+        if (src.path / NAMES).is_file():  # the pool's names stay those of its source images, in source order
+            writer.write_json(NAMES, src.read_json(NAMES))
     return Store.open(out)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import RealmixError
-from .store import ShardedArray, Store, StoreWriter, sha256_array
+from .store import NAMES, ShardedArray, Store, StoreWriter, sha256_array
 
 POOL_SUBSETS = ("train", "extra", "unlabeled")
 SPLIT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_]+)\.(?P<seed>\d+)@(?P<size>\d+)-(?P<nvalid>\d+)$")
@@ -230,6 +230,10 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
         "seed": seed, "size": size, "nvalid": nvalid, "label_size": label_size,
         "class_balance": class_balance, "shared_images": shared, **meta_extra,
     }
+    files = dataset.read_json("files.json") if (dataset.path / "files.json").is_file() else {}
+    pool_names = [n for s in subsets for n in files.get(s.name) or [f"{s.name}/{i}" for i in range(s.count)]]
+    test_names = files.get("test") or [f"test/{i}" for i in range(test.count)]
+    names = {key: [pool_names[i] for i in idx.tolist()] for key, idx in indices.items()} | {"test": test_names}
     with StoreWriter(out, dataset.class_names, name=name, meta=meta) as w:
         for key, idx in indices.items():
             for a in tqdm(range(0, max(len(idx), 1), w.shard_size), desc=f"{name} {key}", unit="shard",
@@ -238,4 +242,5 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
                 w.add_shard(key, pool_images[part], labels[part])
         w.copy_subset("test", test)
         w.write_json("indices.json", index_json)
+        w.write_json(NAMES, names)
     return Store.open(out)

@@ -32,6 +32,7 @@ from .errors import RealmixError
 FORMAT = "realmix-store/1"
 MANIFEST = "manifest.json"
 CLASS_MAPPING = "class_mapping.json"
+NAMES = "names.json"  # per subset, where each row came from (Store.row_names)
 UNKNOWN = -1  # label of an image whose class is not known
 UNKNOWN_NAME = "<unknown>"
 
@@ -341,6 +342,16 @@ class Store:
             return json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise RealmixError(f"{path}: missing or unreadable ({e}); rerun the stage that wrote it") from e
+
+    def row_names(self, subset: str) -> list[str] | None:
+        """What each row of `subset` was before it came into this store: the user's file path (relative to the
+        image folder) for a folder dataset, else `<dataset subset>/<index>` (e.g. `train/4821`); from the
+        store's names.json (written by split and carried by mismatch and preaugment), None when it has none.
+        A pre-augmented store lists its pool's *source* images (its `unlabel` rows in source order)."""
+        if not (self.path / NAMES).is_file():
+            return None
+        names = self.read_json(NAMES).get(subset)
+        return None if names is None else list(names)
 
     def verify(self) -> None:
         """Re-hash every shard against the manifest; raise on the first mismatch."""

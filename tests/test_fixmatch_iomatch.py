@@ -286,11 +286,16 @@ def test_iomatch_model_pt_predicts_with_its_open_head(tmp_path, store):
     model, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["arch"]["open_heads"] == 128
     images = np.asarray(store.subset("test").images[:])
-    probs, open_probs = predict_outputs(model, images, batch=4, open_head=True)
+    out = predict_outputs(model, images, batch=4, open_head=True)
+    probs, open_probs = out.probs, out.open_probs
     assert probs.shape == (9, K) and open_probs.shape == (9, K + 1)
     np.testing.assert_allclose(open_probs.sum(1), 1.0, rtol=1e-5)
-    plain, none = predict_outputs(model, images, batch=4)
-    assert none is None and np.array_equal(plain, probs)
+    plain = predict_outputs(model, images, batch=4)
+    assert plain.open_probs is None and np.array_equal(plain.probs, probs)
+    np.testing.assert_array_equal(plain.energy, out.energy)
+    with torch.no_grad():  # energy = -logsumexp of the closed-set logits
+        logits = model(to_input(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(out.energy, -torch.logsumexp(logits, 1).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_fixmatch_params():

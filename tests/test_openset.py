@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from realmix.evaluate import evaluate_run
+from realmix.inference import Outputs
 from realmix.mismatch import filter_split
 from realmix.openset import admitted_shares, auroc, ood_flags, outlier_scores, pool_metrics
 from realmix.preaugment import original_positions, preaugment
@@ -52,9 +53,11 @@ def test_auroc_direction_and_undefined_cases():
     assert auroc(np.array([0.1, 0.8, 0.2, 0.9]), ood) == 0.75
     assert auroc(np.ones(3), np.zeros(3, bool)) is None and auroc(np.ones(3), np.ones(3, bool)) is None
     probs = np.array([[0.9, 0.1], [0.6, 0.4]])
-    scores = outlier_scores(probs, np.array([[0.7, 0.1, 0.2], [0.1, 0.1, 0.8]]))
+    scores = outlier_scores(Outputs(probs, np.array([-3.0, -1.0]), np.array([[0.7, 0.1, 0.2], [0.1, 0.1, 0.8]])))
     np.testing.assert_allclose(scores["msp"], [0.1, 0.4])
+    np.testing.assert_allclose(scores["energy"], [-3.0, -1.0])
     np.testing.assert_allclose(scores["open"], [0.2, 0.8])
+    assert set(outlier_scores(Outputs(probs, np.zeros(2)))) == {"msp", "energy"}
 
 
 class Crafted(nn.Module):
