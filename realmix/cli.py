@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict a folder of PNG/JPEG images with a trained run's model.pt",
                        description="Predict every PNG/JPEG under IMAGES (any size and mode) with a trained run. "
                        "Writes OUT/predictions.npy (probabilities) and OUT/predictions.csv (path, predicted, "
-                       "confidence, true); images in class subfolders or named {n}_{class} are also scored.")
+                       "confidence, true, the out-of-class scores msp / energy / open, out_of_class); images in "
+                       "class subfolders or named {n}_{class} are also scored. The out_of_class flag uses the cut "
+                       "the run's evaluate chose on its validation images (its eval/evaluation.json).")
     s.add_argument("--model", required=True, type=Path, help="a run's model.pt, e.g. runs/realmix/<split>/model.pt")
     s.add_argument("--images", required=True, type=Path, help="folder of images (class subfolders optional)")
     s.add_argument("--out", required=True, type=Path, help="output folder (not inside --images)")
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unreadable or non-image files: stop (default) or skip them and list them in skipped.csv")
     s.add_argument("--resize", choices=("pad", "stretch", "crop"), default="pad",
                    help="how images are fitted to the model's input size (default: pad, keeping the aspect)")
+    s.add_argument("--score", choices=("report", "msp", "energy", "open"), default="report",
+                   help="out-of-class score behind the out_of_class flag (default: the one the run's report used)")
     s = sub.add_parser("datasets", help="list the dataset stores under a folder")
     s.add_argument("root", nargs="?", default="data", type=Path)
     s = sub.add_parser("runs", help="list trained runs with their latest accuracies")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             from .predict import predict_folder
 
             res = predict_folder(args.model, args.images, args.out, weights=args.weights, batch=args.batch,
-                                 device=args.device, on_error=args.on_error, resize=args.resize)
+                                 device=args.device, on_error=args.on_error, resize=args.resize, score=args.score)
             return print(res.summary())
         if args.command == "results":
             if not args.path.is_file():

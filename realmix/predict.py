@@ -6,8 +6,12 @@
 Every non-hidden PNG/JPEG under the folder (recursively, sorted by relative path) is decoded and resized to the
 model's input like the training data, `CHUNK` images at a time so memory stays bounded. Writes to `out_dir`
 (never inside the image folder, whose files are only read): `predictions.npy` (N x K float32 probabilities),
-`predictions.csv` (`path,predicted,confidence,true`, same row order) and, when files were skipped, `skipped.csv`
-(`path,reason`). All outputs are renamed into place together at the end, so an error leaves none of them.
+`predictions.csv` (`path,predicted,confidence,true`, then one column per out-of-class score the model offers --
+`msp`, `energy`, `open` (realmix/openset.py) -- and `out_of_class`, same row order) and, when files were skipped,
+`skipped.csv` (`path,reason`). All outputs are renamed into place together at the end, so an error leaves none.
+
+The out_of_class flag uses the cut the run's `evaluate` chose on its validation images (the run's
+eval/evaluation.json, realmix/report.py); without it the column stays empty and the summary says how to get one.
 
 True classes, for an accuracy: an image's first folder under the image folder when that is one of the model's
 classes (`c1/x.png`), else its parent folder (the seed's `test/c1/x.png`), else the seed's `{n}_{class}` file
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,12 +35,14 @@ from tqdm import tqdm
 from . import atomic
 from .errors import RealmixError
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
-from .inference import WEIGHTS, load_model, predict_proba, run_precision
+from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs, run_precision
+from .openset import outlier_scores
 from .train import pick_device
 
 ON_ERROR = ("fail", "skip")
 RESIZE = ("pad", "stretch", "crop")
 DEVICES = ("auto", "cpu", "cuda")
+SCORES = ("report", "msp", "energy", "open")
 CHUNK = 4096  # images decoded and predicted at a time (bounds memory on large folders)
 _SKIP_HINT = "(or use --on-error skip)"
 
@@ -53,6 +60,8 @@ class PredictResult:
     skipped_csv: Path | None = None  # written only when something was skipped
     unknown_classes: dict[str, int] = field(default_factory=dict)  # class-like name -> images left unscored
     model_classes: list[str] = field(default_factory=list)
+    flagged: int | None = None  # images flagged out-of-class; None without a cut
+    cut: str = ""  # where the out-of-class flag came from, or why there is none
 
     def summary(self) -> str:
         line = f"predicted {_n(self.images, 'image')}"
@@ -63,6 +72,9 @@ class PredictResult:
             line += "no true classes known, so no accuracy (use class folders or {n}_{class} file names)"
         else:
             line += f"accuracy {self.accuracy:.1f} % on {self.labelled} labelled"
+        if self.cut:
+            line += (f"\nout-of-class: {self.cut}" if self.flagged is None else
+                     f"\nout-of-class: {self.flagged} of {self.images} flagged ({self.cut})")
         if not self.unknown_classes:
             return line
         names = sorted(self.unknown_classes)
@@ -79,14 +91,15 @@ def _n(n: int, word: str) -> str:
 
 def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out_dir: str | os.PathLike, *,
                    weights: str = "ema", batch: int = 256, device: str = "auto", on_error: str = "fail",
-                   resize: str = "pad", progress: bool = True) -> PredictResult:
+                   resize: str = "pad", progress: bool = True, score: str = "report") -> PredictResult:
     """Predict every PNG/JPEG under `folder` with the run's `model_path`; write the outputs into `out_dir`.
 
     on_error: `fail` stops at the first non-image or unreadable file (one-line RealmixError naming it);
     `skip` leaves such files out and lists them. resize: how non-square images are fitted (images.fit).
+    score: the out-of-class score behind the flag: `report` (the one the run's report used) or msp | energy | open.
     """
     for name, value, allowed in (("weights", weights, tuple(WEIGHTS)), ("on_error", on_error, ON_ERROR),
-                                 ("resize", resize, RESIZE), ("device", device, DEVICES)):
+                                 ("resize", resize, RESIZE), ("device", device, DEVICES), ("score", score, SCORES)):
         if value not in allowed:
             raise RealmixError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -98,6 +111,7 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
     dev = pick_device(device)
     model, meta = load_model(model_path, weights, dev)
     amp = run_precision(meta)  # the run's own precision, as `evaluate`: the same label for the same image
+    cut_score, cut, cut_note = _cut(Path(model_path), score, has_open_heads(model), weights)
     class_names: list[str] = list(meta["class_names"])
     h, w, c = meta["image_shape"]
     if h != w or c not in (1, 3):
@@ -147,15 +161,17 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
                     arrays.append(res)
                     kept.append(rel)
                 if arrays:
-                    parts.append(predict_proba(model, np.stack(arrays), batch=batch, device=dev,
-                                               autocast_dtype=amp, progress=pred_bar.update))
+                    parts.append(predict_outputs(model, np.stack(arrays), batch=batch, device=dev,
+                                                 autocast_dtype=amp, progress=pred_bar.update, open_head=True))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if not kept:
         raise RealmixError(f"{folder}: nothing to predict: all {len(skipped)} files were skipped "
                            f"(first: {skipped[0][0]}: {skipped[0][1]})")
 
-    probs = np.concatenate(parts).astype(np.float32, copy=False)
+    probs = np.concatenate([o.probs for o in parts]).astype(np.float32, copy=False)
+    scores = {k: np.concatenate([outlier_scores(o)[k] for o in parts]) for k in outlier_scores(parts[0])}
+    flags = None if cut is None else scores[cut_score] > cut
     pred = probs.argmax(1)
     truths: list[str | None] = []
     unknown: dict[str, int] = {}
@@ -174,9 +190,33 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
     result = PredictResult(images=len(kept), skipped=skipped, accuracy=accuracy, labelled=labelled,
                            npy=out_dir / "predictions.npy", csv=out_dir / "predictions.csv",
                            skipped_csv=out_dir / "skipped.csv" if skipped else None, unknown_classes=unknown,
-                           model_classes=class_names)
-    _write(result, folder, kept, probs, truths, class_names)
+                           model_classes=class_names, flagged=None if flags is None else int(flags.sum()),
+                           cut=cut_note)
+    _write(result, folder, kept, probs, truths, class_names, scores, flags)
     return result
+
+
+def _cut(model_path: Path, score: str, heads: bool, weights: str) -> tuple[str, float | None, str]:
+    """(score, cut, note): the out-of-class cut the run's evaluate chose on its validation images, read from the
+    run's eval/evaluation.json next to model.pt; cut None (and the note says why) where there is none."""
+    if score == "open" and not heads:
+        raise RealmixError(f"{model_path}: --score open needs an open-set head, which this run's network does not "
+                           "have (only iomatch has one); use msp or energy")
+    path = model_path.parent / "eval" / "evaluation.json"
+    how = "run `dvc repro` (its evaluate stage) for this run to choose one on its validation images"
+    if weights != "ema":
+        return score, None, "no cut for --weights raw (the report's cut is for the EMA weights)"
+    try:
+        report = json.loads(path.read_text())["out_of_class"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return score, None, f"no cut: {path} has no out-of-class report; {how}"
+    chosen = report["score"] if score == "report" else score
+    if not report.get("cuts") or chosen not in report["cuts"]:
+        return chosen, None, f"no cut for {chosen} in {path} (its split has no validation images)"
+    keep = report["keep"]
+    return chosen, float(report["cuts"][chosen]), (
+        f"{chosen} above {report['cuts'][chosen]:.6g}, the cut that keeps {keep:.0%} of the run's "
+        f"{report['validation_images']} validation images; from {path}")
 
 
 def _check_folders(folder: Path, out_dir: Path) -> None:
@@ -243,7 +283,7 @@ def _true_class(rel: Path, class_names: list[str]) -> tuple[str | None, str | No
 
 
 def _write(res: PredictResult, folder: Path, kept: list[Path], probs: np.ndarray, truths: list[str | None],
-           class_names: list[str]) -> None:
+           class_names: list[str], scores: dict[str, np.ndarray], flags: np.ndarray | None) -> None:
     """Write all outputs to temporaries, then rename them into place (an error leaves none of them)."""
     created = not res.npy.parent.exists()
     try:
@@ -254,10 +294,11 @@ def _write(res: PredictResult, folder: Path, kept: list[Path], probs: np.ndarray
                 np.save(f, probs)
             with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f, lineterminator="\n")
-                w.writerow(["path", "predicted", "confidence", "true"])
-                for rel, p, t in zip(kept, probs, truths, strict=True):
+                w.writerow(["path", "predicted", "confidence", "true", *scores, "out_of_class"])
+                for i, (rel, p, t) in enumerate(zip(kept, probs, truths, strict=True)):
                     k = int(p.argmax())
-                    w.writerow([rel.as_posix(), class_names[k], f"{p[k]:.6f}", t or ""])
+                    w.writerow([rel.as_posix(), class_names[k], f"{p[k]:.6f}", t or "",
+                                *(f"{s[i]:.6f}" for s in scores.values()), "" if flags is None else int(flags[i])])
             if res.skipped_csv is not None:
                 tmp_skip = stack.enter_context(atomic.atomic_path(res.skipped_csv))
                 with open(tmp_skip, "w", newline="", encoding="utf-8") as f:

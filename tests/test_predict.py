@@ -99,7 +99,7 @@ def test_outputs_match_predict_proba(tmp_path, model_path):
     probs = np.load(res.npy)
     assert probs.dtype == np.float32 and probs.shape == (12, 3)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
-    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true"
+    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true,msp,energy,out_of_class"
     rows = read_csv(res.csv)
     # sorted by relative path, forward slashes, hidden files left out, the comma/quote name round-trips
     assert [r["path"] for r in rows] == sorted(EXPECTED, key=lambda p: Path(p).parts)
@@ -377,3 +377,42 @@ def test_predict_agrees_with_evaluate_image_by_image_in_the_runs_precision(tmp_p
     # in fp32 the same weights give slightly different probabilities: the precision is what made them agree
     model, _ = load_model(run / "model.pt")
     assert not np.array_equal(predict_proba(model, images, batch=7), evaluated)
+
+
+def test_predict_scores_and_flags_out_of_class_images_as_the_runs_report(tmp_path):
+    """`realmix predict` on the split's unlabelled images (as PNG files) gives the report's scores and, with the cut
+    the run's evaluate chose on its validation images, the report's out_of_class flags."""
+    from realmix.evaluate import evaluate_run
+    from realmix.params import ReportParams
+
+    rng = np.random.default_rng(4)
+    store = make_store(tmp_path / "toy.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(12) % 3,
+        "test": np.arange(9) % 3}, k=3, hw=8)
+    run = tmp_path / "run"
+    Trainer(tiny_params(), "supervised", store, split_seed=1).fit(run)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, im in enumerate(np.asarray(store.subset("unlabel").images[:])):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    # before evaluate there is no cut: the scores are written, the flag column stays empty, the summary says why
+    res = predict_folder(run / "model.pt", folder, tmp_path / "pre", progress=False)
+    assert res.flagged is None and "no out-of-class report" in res.summary()
+    assert {r["out_of_class"] for r in read_csv(res.csv)} == {""}
+
+    evaluate_run(run, store, tmp_path / "accuracy.json", batch=7, device="cpu", report=ReportParams(keep=0.5))
+    report = {r["file"]: r for r in read_csv(run / "eval" / "unlabelled.csv")}
+    for score in ("report", "energy"):
+        res = predict_folder(run / "model.pt", folder, tmp_path / score, progress=False, score=score)
+        rows = read_csv(res.csv)
+        assert len(rows) == 40
+        for r in rows:
+            rep = report[f"unlabel/{int(r['path'][:3])}"]
+            assert (r["msp"], r["energy"], r["predicted"]) == (rep["msp"], rep["energy"], rep["predicted"])
+            if score == "report":  # the report's own score (msp for a supervised run) and cut
+                assert r["out_of_class"] == rep["out_of_class"]
+        flagged = sum(int(r["out_of_class"]) for r in rows)
+        assert res.flagged == flagged and f"{flagged} of 40 flagged" in res.summary()
+    assert 0 < res.flagged < 40  # keep 0.5: the cut sits inside the scores' range
+    with pytest.raises(RealmixError, match="--score open needs an open-set head"):
+        predict_folder(run / "model.pt", folder, tmp_path / "open", progress=False, score="open")
