@@ -27,7 +27,9 @@ def _datasets(root: Path) -> None:
 
 
 def _runs(root: Path) -> None:
-    """One row per trained run (its latest evaluation), read from runs/<algorithm>/<split>/live/metrics.json."""
+    """One row per trained run: its final evaluation (runs/<algorithm>/<split>/live/metrics.json: the final EMA
+    model, the figure `evaluate` and `realmix predict` give) and, once evaluated, the median of its last 20
+    evaluations (metrics/runs/.../accuracy.json: the paper's figure, which the summary aggregates)."""
     import json
 
     if not root.exists():
@@ -36,16 +38,31 @@ def _runs(root: Path) -> None:
     for path in sorted(root.glob("*/*/live/metrics.json")):
         m = json.loads(path.read_text())
         run = path.parent.parent.relative_to(root)
+        medians = pipeline.RUN_METRICS / run / "accuracy.json"
+        last20 = "not evaluated"
+        if medians.is_file():
+            acc = json.loads(medians.read_text())
+            last20 = (f"{acc['last20']:.2f}" if acc.get("last20") is not None
+                      else f"n/a ({acc.get('evaluations', 0)} evals)")
         rows.append((str(run), str(m.get("step", "")),
-                     *(f"{m.get(s, {}).get('accuracy', float('nan')):.1f}" for s in ("label", "valid", "test")),
-                     f"{m.get('raw', {}).get('test', {}).get('accuracy', float('nan')):.1f}"))
+                     *(f"{m.get(s, {}).get('accuracy', float('nan')):.2f}" for s in ("label", "valid", "test")),
+                     last20, f"{m.get('raw', {}).get('test', {}).get('accuracy', float('nan')):.2f}"))
     if not rows:
         print(f"{root}: no trained runs yet")
         return
-    head = ("run", "images", "label %", "valid %", "test % (EMA)", "test % (raw)")
+    head = ("run", "images", "label %", "valid %", "test % (final)", "test % (last-20 median)", "test % (raw, final)")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+
+
+def _size(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label count or `all`") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rename", help="number rename.src as {n}_{class}.{ext} into data/renamed/ (a copy)")
     s = sub.add_parser("split", help="write the split <name>.<seed>@<size>-<nvalid>")
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--size", type=_size, required=True, help="labelled images, or `all` (every labelled training "
+                   "image but the validation ones)")
     s = sub.add_parser("mismatch", help="write the class-mismatch dataset of one level")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--level", type=int, required=True)
@@ -92,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="out-of-class score behind the out_of_class flag (default: the one the run's report used)")
     s = sub.add_parser("datasets", help="list the dataset stores under a folder")
     s.add_argument("root", nargs="?", default="data", type=Path)
-    s = sub.add_parser("runs", help="list trained runs with their latest accuracies")
+    s = sub.add_parser("runs", help="list trained runs: final and last-20-median test accuracy (EMA model)")
     s.add_argument("root", nargs="?", default="runs", type=Path)
     return ap
 

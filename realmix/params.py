@@ -78,7 +78,8 @@ class SplitParams:
     """`split`: labelled / unlabelled / validation selection (the original create_split)."""
 
     seeds: list[int] = field(default_factory=lambda: [1])
-    sizes: list[int] = field(default_factory=lambda: [250])
+    # labelled images per split; `all`: every labelled training image that is not a validation image
+    sizes: list[int | Literal["all"]] = field(default_factory=lambda: [250])
     nvalid: int = 500  # validation = the first nvalid images of the class-balanced unlabelled order
     label_size: int | None = None  # only the first label_size train images are labelled candidates
     class_balance: bool = False  # strict round-robin over classes instead of following the class prior
@@ -91,7 +92,7 @@ class SplitParams:
             if s < 0:
                 raise RealmixError(f"params: split.seeds contains {s}; seeds must be >= 0")
         for n in self.sizes:
-            if n < 1:
+            if n != "all" and n < 1:
                 raise RealmixError(f"params: split.sizes contains {n}; label counts must be >= 1")
         if self.nvalid < 0:
             raise RealmixError(f"params: split.nvalid={self.nvalid} must be >= 0")
@@ -116,8 +117,11 @@ class MismatchParams:
 
     def validate(self) -> None:
         check_name(self.name, "mismatch.name")
-        if len(set(self.labelled_classes)) != len(self.labelled_classes) or not self.labelled_classes:
+        if len(set(self.labelled_classes)) != len(self.labelled_classes):
             raise RealmixError("params: mismatch.labelled_classes must list distinct class ids")
+        if self.levels and not self.labelled_classes:
+            raise RealmixError("params: mismatch.labelled_classes is empty but mismatch.levels lists levels; list the "
+                               "labelled class ids, or set mismatch.levels: [] to run without the mismatch protocol")
         for level in self.levels:
             if level not in self.unlabelled_classes:
                 raise RealmixError(
@@ -589,6 +593,12 @@ def _unknown_key(key: str, known: list[str], where: str) -> RealmixError:
     return RealmixError(f"params: unknown key {where}{key!r}{hint}; known keys: {', '.join(known)}")
 
 
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it (ints accepted for floats)."""
     origin = typing.get_origin(tp)
@@ -597,7 +607,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+        for t in inner:  # e.g. an integer or a keyword: the first that fits
+            try:
+                return _coerce(value, t, key)
+            except RealmixError:
+                pass
+        raise RealmixError(f"params: {key}={value!r} is not allowed; it must be "
+                           + " or ".join(_describe(t) for t in inner))
     if origin is Literal:
         if value not in args:
             raise RealmixError(f"params: {key}={value!r} is not allowed; choose one of: {', '.join(map(str, args))}")

@@ -39,7 +39,7 @@ def dataset_dir(p: Params) -> Path:
     return DATA / "datasets" / p.dataset.name
 
 
-def split_name(p: Params, seed: int, size: int) -> SplitName:
+def split_name(p: Params, seed: int, size: int | str) -> SplitName:
     return SplitName(p.dataset.name, seed, size, p.split.nvalid)
 
 
@@ -72,7 +72,7 @@ def rename(p: Params) -> int:
     return len(rename_view(p.rename.src, RENAMED, RENAME_MAP, start=p.rename.start, ext=p.rename.ext))
 
 
-def split(p: Params, seed: int, size: int) -> Store:
+def split(p: Params, seed: int, size: int | str) -> Store:
     from .splits import create_split
 
     s = p.split

@@ -10,7 +10,11 @@ Selection (method reference §C.5), over the *pool* = the dataset's `train`, the
    so the same seed picks the same images as the original;
 3. labels are taken one at a time from class argmax(prior - taken/max(taken)), which follows the class
    prior (25/class at 250 on CIFAR-10); `class_balance` makes it strict round-robin;
-4. the remaining pool is written in a class-balanced interleave; validation is its first `nvalid` images.
+4. the remaining pool is written in a class-balanced interleave; validation is its first `nvalid` images, so
+   validation images are labelled training images that were not taken as labels.
+Size `all` (your own images: use every label): the `nvalid` validation images are taken first, class-balanced
+and seeded, from the labelled candidates, and every other candidate is labelled; the unlabelled pool is then
+the rest of the pool (`unlabeled/`, `extra`).
 
 Fix over the original: images of unknown class (label -1: folder `unlabeled/`, STL-10 unlabeled) go after
 the interleave, so they can never become validation images with fake labels.
@@ -31,14 +35,15 @@ from .errors import RealmixError
 from .store import NAMES, ShardedArray, Store, StoreWriter, sha256_array
 
 POOL_SUBSETS = ("train", "extra", "unlabeled")
-SPLIT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_]+)\.(?P<seed>\d+)@(?P<size>\d+)-(?P<nvalid>\d+)$")
+SPLIT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_]+)\.(?P<seed>\d+)@(?P<size>\d+|all)-(?P<nvalid>\d+)$")
+ALL = "all"  # split size: every labelled training image that is not a validation image
 
 
 @dataclass(frozen=True)
 class SplitName:
     name: str
     seed: int
-    size: int
+    size: int | str  # a label count, or ALL
     nvalid: int
 
     def __str__(self) -> str:
@@ -49,9 +54,11 @@ class SplitName:
         m = SPLIT_NAME.match(text)
         if not m:
             raise RealmixError(
-                f"{text!r} is not a split name; expected name.seed@size-valid, e.g. cifar10.3@250-5000"
+                f"{text!r} is not a split name; expected name.seed@size-valid, e.g. cifar10.3@250-5000 "
+                "(size may be `all`)"
             )
-        return cls(m["name"], int(m["seed"]), int(m["size"]), int(m["nvalid"]))
+        size = m["size"] if m["size"] == ALL else int(m["size"])
+        return cls(m["name"], int(m["seed"]), size, int(m["nvalid"]))
 
 
 def _argmax(stats: list[float], npos: list[int], usable: list[bool]) -> int:
@@ -150,7 +157,7 @@ def check_disjoint(parts: dict[str, list[bytes]], name: str, allow_duplicates: b
     return shared
 
 
-def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvalid: int,
+def create_split(dataset: Store, out: str | Path, *, seed: int, size: int | str, nvalid: int,
                  label_size: int | None = None, class_balance: bool = False,
                  allow_duplicates: bool = False) -> Store:
     """Write the split `dataset.seed@size-nvalid` of a dataset store as a new store at `out`."""
@@ -179,9 +186,23 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
         stats = np.ones(k)  # as the original: STL-10 labels are balanced by construction
         if size == 1000 and (dataset.path / "folds.json").is_file():
             folds = dataset.read_json("folds.json")
+    valid_idx = None
     if folds is not None and seed < len(folds):
         label_idx = np.sort(np.array(folds[seed], np.int64))
         meta_extra["labelled_from"] = f"STL-10 fold {seed}"
+    elif size == ALL:
+        # validation first (class-balanced, seeded like the labels), then every other candidate is labelled
+        if seed != 0:
+            rng = np.random.RandomState(seed)
+            for c in candidates:
+                rng.shuffle(c)
+        by_class = unlabelled_order(labels, np.concatenate(candidates), stats)
+        if nvalid >= len(by_class):
+            raise RealmixError(
+                f"split {name}: split.nvalid={nvalid} leaves no labelled images: with split.sizes [all] the "
+                f"validation images are taken from the {len(by_class)} labelled training images and the rest are "
+                "the labels; lower split.nvalid")
+        valid_idx, label_idx = by_class[:nvalid], np.sort(by_class[nvalid:])
     else:
         available = sum(len(c) for c in candidates)
         if size > available:  # checked here, where the dataset is known, so that the message can name it
@@ -189,20 +210,26 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int, nvali
                 f"split {name}: {size} labels requested but only {available} labelled images are available in "
                 f"{dataset.path}; lower split.sizes (or raise split.label_size)")
         label_idx = select_labelled(candidates, size, seed, class_balance=class_balance, stats=stats)
+    meta_extra["labelled"] = len(label_idx)
 
     is_label = np.zeros(len(labels), bool)
     is_label[label_idx] = True
-    order = unlabelled_order(labels, np.flatnonzero(~is_label), stats)
+    if valid_idx is not None:
+        is_label[valid_idx] = True  # not in the unlabelled pool either
+        order = np.concatenate([valid_idx, unlabelled_order(labels, np.flatnonzero(~is_label), stats)])
+    else:
+        order = unlabelled_order(labels, np.flatnonzero(~is_label), stats)
     known = int((labels[order] >= 0).sum())
     if nvalid >= len(order):
         raise RealmixError(
             f"split {name}: split.nvalid={nvalid} must be smaller than the {len(order)} unlabelled images "
-            f"left after taking {size} labels; lower split.nvalid"
+            f"left after taking {len(label_idx)} labels; lower split.nvalid"
         )
     if nvalid > known:
         raise RealmixError(
-            f"split {name}: split.nvalid={nvalid} exceeds the {known} images of known class left for "
-            "validation; lower split.nvalid"
+            f"split {name}: split.nvalid={nvalid} exceeds the {known} images of known class left for validation "
+            f"(validation images are the labelled training images not taken as labels: {n_cand} - {size}); lower "
+            "split.nvalid or split.sizes, or set split.sizes: [all] to label every training image but nvalid"
         )
     valid_idx, unlabel_idx = order[:nvalid], order[nvalid:]
 

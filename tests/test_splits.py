@@ -139,3 +139,33 @@ def test_split_name_parse():
     for bad in ("cifar-10.1@250-1", "cifar10.1@250", "c.x@1-1"):
         with pytest.raises(RealmixError, match="not a split name"):
             SplitName.parse(bad)
+
+
+def test_size_all_labels_every_training_image_but_the_validation_ones(tmp_path):
+    from realmix.params import SplitParams, parse_section
+    from realmix.splits import SplitName
+
+    labels = np.repeat(np.arange(3), [10, 6, 4])
+    data = make_store(tmp_path / "data", {"train": labels, "unlabeled": np.full(7, -1), "test": np.arange(6) % 3},
+                      k=3, hw=8, seed=5)
+    got = {}
+    for seed in (1, 2):
+        s = create_split(data, tmp_path / f"s{seed}", seed=seed, size="all", nvalid=6)
+        assert s.name == f"{data.name}.{seed}@all-6" and SplitName.parse(s.name).size == "all"
+        index = s.read_json("indices.json")
+        assert sorted(index["label"] + index["valid"]) == list(range(20))  # every training image, once
+        assert sorted(index["unlabel"]) == list(range(20, 27))  # the pool: the unlabeled/ images only
+        assert np.bincount(s.subset("valid").labels, minlength=3).tolist() == [3, 2, 1]  # follows the class prior
+        assert s.subset("label").count == 14 and s.meta["labelled"] == 14
+        got[seed] = index["valid"]
+    assert got[1] != got[2]  # seeded
+    with pytest.raises(RealmixError, match=r"split\.nvalid=20 leaves no labelled images.*lower split\.nvalid"):
+        create_split(data, tmp_path / "bad", seed=1, size="all", nvalid=20)
+    assert not (tmp_path / "bad").exists()
+    # a label count that leaves too few training images for validation names both fixes
+    with pytest.raises(RealmixError, match=r"validation images are the labelled training images not taken as "
+                                           r"labels.*split\.sizes: \[all\]"):
+        create_split(data, tmp_path / "bad2", seed=1, size=18, nvalid=6)
+    assert parse_section(SplitParams, {"sizes": ["all", 30]}, "split").sizes == ["all", 30]
+    with pytest.raises(RealmixError, match=r"split\.sizes\[0\]='al' is not allowed; it must be an integer or all"):
+        parse_section(SplitParams, {"sizes": ["al"]}, "split")
