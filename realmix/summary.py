@@ -45,7 +45,11 @@ OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its op
                      "on the unlabelled pool; 0.5 = chance, below 0.5 = out-of-class images look more in-class",
             "ood_admitted": "share of out-of-class unlabelled images the method's mask admitted into its "
                             "unlabelled loss (mean over training; MixMatch has no mask: 1)",
-            "in_admitted": "share of in-class unlabelled images admitted (the same mask)"}
+            "in_admitted": "share of in-class unlabelled images admitted (the same mask)",
+            "auroc_energy": "AUROC of the energy score (-logsumexp of the logits, every model) on the unlabelled pool",
+            "flagged_ood": "share of out-of-class unlabelled images the out-of-class report flags at its validation "
+                           "cut (report.score, report.keep)",
+            "flagged_in": "share of in-class unlabelled images the report flags (about 1 - report.keep expected)"}
 
 
 def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,9 +123,10 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
         text += ("\nTest accuracy % (median of the last 20 evaluations, mean ± std over seeds) against the share of "
                  "unlabelled classes that are not labelled classes:\n\n" + pivot)
     for key, what in OPEN_SET.items():
-        pivot = mismatch_table(rows, key, 1.0 if key == "auroc" else 100.0)
+        auroc_like = key.startswith("auroc")
+        pivot = mismatch_table(rows, key, 1.0 if auroc_like else 100.0)
         if pivot:
-            unit = "" if key == "auroc" else " (%)"
+            unit = "" if auroc_like else " (%)"
             text += (f"\n{what[0].upper()}{what[1:]}{unit}, mean ± std over seeds (n/a: not defined, e.g. AUROC "
                      "where the pool is all in-class or all out-of-class):\n\n" + pivot)
     return text
