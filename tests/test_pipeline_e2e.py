@@ -55,7 +55,8 @@ def test_repro_noop_and_partial_rerun(repo):
     assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "live", "model.pt", "tensorboard", "eval",
                                                    ".gitignore"}
     assert {p.name for p in (run_dir / "eval").iterdir()} == {"evaluation.json", "predictions.npy",
-                                                              "predictions.csv", "accuracy.png", ".gitignore"}
+                                                              "predictions.csv", "accuracy.png", ".gitignore",
+                                                              "unlabelled.csv", "grids"}
     assert (run_dir / "checkpoints" / ".gitignore").read_text() == "*\n"
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = metrics[""]["data"]
