@@ -54,11 +54,12 @@ def disk_bytes(path: Path) -> tuple[int, int]:
 
 
 def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+    """Bytes in decimal units."""
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n} GB"
+    return f"{n:,.2f} GB"
 
 
 def make_split_store(path: Path, images: int, *, size: int = 32, classes: int = 10, seed: int = 0) -> Store:
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         t0 = time.perf_counter()
         src = make_split_store(work / "synthetic.1@250-500", args.images, size=args.size)
-        print(f"synthetic store: {args.images:,} x {args.size}x{args.size}x3 images in {time.perf_counter() - t0:.1f} s "
-              f"({human(disk_bytes(src.path)[0])}); {args.copies} copies, augment {args.augment}, "
+        print(f"synthetic store: {args.images:,} x {args.size}x{args.size}x3 images in "
+              f"{time.perf_counter() - t0:.1f} s ({human(disk_bytes(src.path)[0])}); {args.copies} copies, "
+              f"augment {args.augment}, "
               f"{os.cpu_count()} CPUs")
         stores = {}
         for storage in storages:

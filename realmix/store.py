@@ -11,6 +11,10 @@ Subsets are named parts of a dataset (`train`, `test`, `unlabeled`, or after a s
 `valid`, `test`). Large subsets are written in several shards so that writers stream with bounded
 memory; readers memory-map the shards. The whole directory is written to a temporary sibling and renamed
 into place, so a killed writer never leaves a half store behind.
+
+A pre-augmented split may instead be *virtual* (format `realmix-virtual-pool/1`): a manifest holding the recipe of
+its unlabelled pool and the path and hashes of its source split, whose files it reads; `Store.open` returns it as
+a store like any other (realmix/preaugment.py).
 """
 
 from __future__ import annotations
