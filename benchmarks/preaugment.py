@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/preaugment.py                       # 50,000 images x 50 copies, cifar10, both
     .venv/bin/python benchmarks/preaugment.py --storage virtual --no-train-step
-    .venv/bin/python benchmarks/preaugment.py --images 5000 --copies 5 --rounds 2 --steps 3   # a quick smoke run
+    .venv/bin/python benchmarks/preaugment.py --images 5000 --copies 5 --steps 4   # a quick smoke run
 
 1. The stage: for each storage (virtual, materialized) `realmix.preaugment.preaugment` runs in its own subprocess,
    so the peak RSS is that storage's. Printed: bytes on disk of the output directory (allocated blocks, as du), its
    files, the wall time of the call and of the whole subprocess (interpreter and torch import included, as a DVC
    stage), images/s, and the subprocess's peak RSS.
 2. The training step: RealMix (batch 64 labelled + 2 x 64 unlabelled views; the model of --filters/--repeat) on the
-   virtual pool and on the materialized one, alternated in one process: --rounds rounds of --steps steps on each,
-   after --warmup steps. Printed: median s/step per storage, the virtual/materialized ratio of the medians, and the
-   spread of the per-round ratios; then the median time of the pool read alone (`unlabel_bank.gather` of 128
-   positions: the virtual pool computes its images there, the materialized one reads them from its memory map).
+   virtual pool and on the materialized one, alternated step by step in one process (--steps on each, after
+   --warmup). Printed: median/min/max s/step per storage, the virtual/materialized ratio per pair of steps (median
+   and quartiles: robust to load from other processes), of the medians and of the minima; then the median time of
+   the pool read alone (`unlabel_bank.gather` of 128 positions: the virtual pool computes its images there, the
+   materialized one reads them from its memory map).
 
 Writes the stores to a temporary directory (the default materialized pool is ~7.7 GB) and removes it at the end
 unless --keep-dir is given.
@@ -117,25 +118,24 @@ def train_steps(stores: dict[str, Store], args: argparse.Namespace) -> None:
     for t in trainers.values():
         for _ in range(args.warmup):
             t.step()
-    times: dict[str, list[list[float]]] = {s: [] for s in trainers}
-    for _ in range(args.rounds):
-        for s, t in trainers.items():
-            round_times = []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                t.step()
-                round_times.append(time.perf_counter() - t0)
-            times[s].append(round_times)
-    med = {s: statistics.median([x for r in rounds for x in r]) for s, rounds in times.items()}
-    ratios = [statistics.median(v) / statistics.median(m) for v, m in zip(times["virtual"], times["materialized"],
-                                                                       strict=True)]
+    # Alternated step by step (the order flipped every pair), so each pair of steps ran under the same load.
+    times: dict[str, list[float]] = {s: [] for s in trainers}
+    names = list(trainers)
+    for i in range(args.steps):
+        for s in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            trainers[s].step()
+            times[s].append(time.perf_counter() - t0)
+    ratios = [v / m for v, m in zip(times["virtual"], times["materialized"], strict=True)]
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
     print(f"train step (realmix, WRN filters {args.filters} repeat {args.repeat}, batch 64 + 2x64, fp32, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps per storage, alternated):")
-    for s in trainers:
-        flat = [x for r in times[s] for x in r]
-        print(f"  {s:12s} median {med[s]:.3f} s/step (min {min(flat):.3f}, max {max(flat):.3f})")
-    print(f"  virtual / materialized: {med['virtual'] / med['materialized']:.3f} (per-round ratios "
-          f"{min(ratios):.3f} .. {max(ratios):.3f}, median {statistics.median(ratios):.3f})")
+          f"{args.threads} threads, {len(ratios)} steps per storage after {args.warmup} warm-up, alternated step by "
+          "step):")
+    for s, ts in times.items():
+        print(f"  {s:12s} median {statistics.median(ts):.3f} s/step (min {min(ts):.3f}, max {max(ts):.3f})")
+    print(f"  virtual / materialized, per pair of steps: median {q2:.3f} (quartiles {q1:.3f} .. {q3:.3f}); "
+          f"ratio of the medians {statistics.median(times['virtual']) / statistics.median(times['materialized']):.3f}"
+          f", of the minima {min(times['virtual']) / min(times['materialized']):.3f}")
     rng = np.random.default_rng(0)
     reads: dict[str, list[float]] = {s: [] for s in trainers}
     for _ in range(50):
@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--filters", type=int, default=16, help="WRN width of the step benchmark")
     ap.add_argument("--repeat", type=int, default=1, help="WRN depth of the step benchmark")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=8, help="steps per storage and round")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per storage")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--keep-dir", type=Path, default=None, help="work here and keep the stores afterwards")
     ap.add_argument("--child-stage", choices=STORAGES, help=argparse.SUPPRESS)
@@ -186,8 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         for storage in storages:
             out = work / f"synthetic_aug{args.copies}_{storage}.1@250-500"
             f = run_stage(storage, src.path, out, args)
+            rate = f" ({f['images'] / f['wall']:,.0f} images/s)" if storage == "materialized" else ""
             print(f"{storage:12s}: {human(f['disk'])} on disk in {f['files']} files; {f['images']:,} images; stage "
-                  f"call {f['wall']:.2f} s ({f['images'] / f['wall']:,.0f} images/s), whole process "
+                  f"call {f['wall']:.3f} s{rate}, whole process "
                   f"{f['process_wall']:.1f} s; peak RSS {f['rss_mb']:,.0f} MB (after imports: "
                   f"{f['rss_before_mb']:,.0f} MB)")
             stores[storage] = Store.open(out)
