@@ -1,11 +1,14 @@
 """Batched, seeded image augmentations, shared by offline pre-augmentation and on-device training.
 
 Every op takes a logical N x C x H x W tensor -- uint8 (0..255) or floating point in [0, 1], on any device,
-in any memory layout -- and an explicit `torch.Generator`. It returns a new tensor of the same dtype whose
+in any memory layout -- and an explicit draw source (below). It returns a new tensor of the same dtype whose
 memory is N x H x W x C contiguous (channels-last), so `out.permute(0, 2, 3, 1).numpy()` is a free view.
 
 Every image gets its own random draws (flip, offsets, jitter factors, erase box); all of them come from the
-generator, drawn on the generator's device, so a seeded generator fixes the output.
+draw source, drawn on its device: a seeded `torch.Generator` (the training loop: a checkpointed stream) or a
+`realmix.draws.HashDraws` (a pre-augmented pool: each draw a hash of (seed, item, draw index), so any item
+comes out the same in any batch). The ops are the same code for both; the only difference is that a draw made
+for some images only (random erasing's redraws) reads, in the hashed case, the values all images would get.
 
 Fixes relative to the original TF code (reference §C.3, §C.6, §G.2-3): colour jitter runs on [0, 1] data and
 is clamped after each step, and random erasing really draws per image (the original drew once at trace
@@ -14,9 +17,12 @@ time, so `cutout` was an identity or a crash).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import Tensor
 
+from .draws import DrawSource
 from .params import AUGMENTS
 
 __all__ = [
@@ -51,15 +57,30 @@ def _nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device: torch.device) -> Tensor:
-    """n draws of U(lo, hi), made on the generator's device and moved to `device`."""
-    u = torch.rand(n, generator=gen, device=gen.device)
+def _uniform(gen: DrawSource, n: int, lo: float, hi: float, device: torch.device, rows: Tensor | None = None
+             ) -> Tensor:
+    """n draws of U(lo, hi), made on the draw source's device and moved to `device`; `rows`: the images of the
+    batch they are for (hashed draws need them; a generator just draws n)."""
+    if isinstance(gen, torch.Generator):
+        u = torch.rand(n, generator=gen, device=gen.device)
+    else:
+        u = gen.unit(n, rows)
     return (u * (hi - lo) + lo).to(device)
 
 
-def _randint(gen: torch.Generator, lo: int, hi: int, n: int, device: torch.device) -> Tensor:
-    """n integers uniform in [lo, hi), made on the generator's device and moved to `device`."""
-    return torch.randint(lo, hi, (n,), generator=gen, device=gen.device).to(device)
+def _randint(gen: DrawSource, lo: int, hi: int, n: int, device: torch.device, rows: Tensor | None = None
+             ) -> Tensor:
+    """n integers uniform in [lo, hi), made on the draw source's device and moved to `device` (`rows`: as
+    `_uniform`)."""
+    if isinstance(gen, torch.Generator):
+        return torch.randint(lo, hi, (n,), generator=gen, device=gen.device).to(device)
+    return gen.integers(lo, hi, n, rows).to(device)
+
+
+def _reserve(gen: DrawSource, calls: int) -> AbstractContextManager[None]:
+    """A block of at most `calls` draws whose count depends on the batch: hashed draws give it a fixed range of
+    draw indices (so what follows does not depend on the batch); a generator stream needs nothing."""
+    return nullcontext() if isinstance(gen, torch.Generator) else gen.reserve(calls)
 
 
 def _reflect(i: Tensor, size: int) -> Tensor:
@@ -80,7 +101,7 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # -- geometry --------------------------------------------------------------------------------------------
-def flip_shift(x: Tensor, generator: torch.Generator, *, flip: bool = True, shift: int = 4) -> Tensor:
+def flip_shift(x: Tensor, generator: DrawSource, *, flip: bool = True, shift: int = 4) -> Tensor:
     """Per image: horizontal flip with p=0.5 (if `flip`), then reflect-pad by `shift` and crop back.
 
     The crop offset is uniform in [-shift, shift] on each axis, i.e. a translation with reflected borders.
@@ -140,7 +161,7 @@ def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
 
 def color_jitter(
     x: Tensor,
-    generator: torch.Generator,
+    generator: DrawSource,
     *,
     brightness: tuple[float, float] = (-0.1, 0.1),
     hue: tuple[float, float] = (-0.5, 0.5),
@@ -208,7 +229,7 @@ def _plane_mean(y: Tensor) -> Tensor:
 # -- random erasing --------------------------------------------------------------------------------------
 def random_erase(
     x: Tensor,
-    generator: torch.Generator,
+    generator: DrawSource,
     *,
     p: float = 0.3,
     area: tuple[float, float] = (0.02, 0.4),
@@ -226,26 +247,27 @@ def random_erase(
     _check(x)
     n, _, h, w = x.shape
     dev, gdev = x.device, generator.device
-    apply = torch.rand(n, generator=generator, device=gdev) < p
+    apply = _uniform(generator, n, 0.0, 1.0, gdev) < p  # u * 1 + 0 == u: the generator's plain torch.rand
     top = torch.zeros(n, dtype=torch.long, device=gdev)
     left = torch.zeros_like(top)
     bh = torch.zeros_like(top)
     bw = torch.zeros_like(top)
     pending = apply.nonzero().squeeze(1)
-    for _ in range(max_tries):
-        m = len(pending)
-        if m == 0:
-            break
-        s = _uniform(generator, m, area[0], area[1], gdev) * (h * w)
-        r = _uniform(generator, m, aspect, 1.0 / aspect, gdev)
-        ww = torch.sqrt(s / r).long()  # int() of a positive number: truncation
-        hh = torch.sqrt(s * r).long()
-        lf = _randint(generator, 0, w, m, gdev)
-        tp = _randint(generator, 0, h, m, gdev)
-        ok = (lf + ww <= w) & (tp + hh <= h)
-        done = pending[ok]
-        top[done], left[done], bh[done], bw[done] = tp[ok], lf[ok], hh[ok], ww[ok]
-        pending = pending[~ok]
+    with _reserve(generator, 4 * max_tries):
+        for _ in range(max_tries):
+            m = len(pending)
+            if m == 0:
+                break
+            s = _uniform(generator, m, area[0], area[1], gdev, pending) * (h * w)
+            r = _uniform(generator, m, aspect, 1.0 / aspect, gdev, pending)
+            ww = torch.sqrt(s / r).long()  # int() of a positive number: truncation
+            hh = torch.sqrt(s * r).long()
+            lf = _randint(generator, 0, w, m, gdev, pending)
+            tp = _randint(generator, 0, h, m, gdev, pending)
+            ok = (lf + ww <= w) & (tp + hh <= h)
+            done = pending[ok]
+            top[done], left[done], bh[done], bw[done] = tp[ok], lf[ok], hh[ok], ww[ok]
+            pending = pending[~ok]
     if x.dtype == torch.uint8:
         fill = _randint(generator, 0, 256, n, dev).to(torch.uint8)
     else:
@@ -281,7 +303,7 @@ def _tvf():
 
 
 def rand_augment(
-    x: Tensor, generator: torch.Generator, *, ops: int = 2, magnitude_max: int = 10, cutout: float = 0.5
+    x: Tensor, generator: DrawSource, *, ops: int = 2, magnitude_max: int = 10, cutout: float = 0.5
 ) -> Tensor:
     """FixMatch's RandAugmentMC then Cutout, drawn independently per image.
 
@@ -436,7 +458,7 @@ def _ra_round(y: Tensor, op: Tensor, v: Tensor, negate: Tensor, quantize: bool) 
 
 
 # -- named augmentations ---------------------------------------------------------------------------------
-def augment_batch(x: Tensor, kind: str, generator: torch.Generator, *, cutout_prob: float = 0.3) -> Tensor:
+def augment_batch(x: Tensor, kind: str, generator: DrawSource, *, cutout_prob: float = 0.3) -> Tensor:
     """Apply the named augmentation (one of `AUGMENTS`) to a batch, independently per image.
 
     cifar10 = mirror + shift(4); svhn = shift(4); stl10 = mirror + shift(12); color = mirror + colour

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .preaugment import VirtualPool
 from .store import ShardedArray
 
 DEVICE_BYTES = 2 << 30  # image sets up to this size live on the training device; larger ones are gathered per step
@@ -82,11 +83,48 @@ class ImageBank:
     def __len__(self) -> int:
         return len(self.images) if self.on_device else len(self.host)
 
-    def gather(self, index: np.ndarray, device_index: Tensor | None = None) -> Tensor:
-        """The images at `index`; `device_index` (the same indices already on the device) saves a copy."""
+    def gather(self, index: np.ndarray | None, device_index: Tensor | None = None) -> Tensor:
+        """The images at `index`; `device_index` (the same indices already on the device) saves a copy (and
+        then `index` may be None when the images are on the device)."""
         if self.on_device:
             idx = device_index if device_index is not None else to_device(index, self.device, pin=self._pin)
             batch = self.images[idx]
         else:
             batch = to_device(np.asarray(self.host[index]), self.device, pin=self._pin)
         return batch.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last
+
+
+class PoolBank:
+    """A virtual pre-augmented pool (realmix/preaugment.py) gathered like an `ImageBank`: its source images are
+    banked (on the device when they fit) with the pool's position -> item order, and each batch of pool images
+    is computed from its source images on the training device. Bit for bit the materialized pool's images."""
+
+    def __init__(self, pool: VirtualPool, device: torch.device, device_bytes: int = DEVICE_BYTES, *,
+                 pin: bool = False):
+        self.pool, self.device, self._pin = pool, device, pin
+        self.source = ImageBank(pool.source_images, device, device_bytes, pin=pin)
+        self.order = torch.from_numpy(pool.order).to(device) if self.source.on_device else None
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def gather(self, index: np.ndarray, device_index: Tensor | None = None) -> Tensor:
+        """The pool images at positions `index` (N x C x H x W uint8, channels-last memory)."""
+        n = self.pool.n
+        if self.order is not None:  # all on the device: no host work per batch
+            idx = device_index if device_index is not None else to_device(index, self.device, pin=self._pin)
+            items = self.order[idx].long()
+            x = self.source.gather(None, items % n)
+        else:
+            host_items = self.pool.order[index].astype(np.int64)
+            x = self.source.gather(host_items % n)
+            items = to_device(host_items, self.device, pin=self._pin)
+        return self.pool.gather(x, items)
+
+
+def image_bank(images: ShardedArray | np.ndarray | VirtualPool, device: torch.device,
+               device_bytes: int = DEVICE_BYTES, *, pin: bool = False) -> ImageBank | PoolBank:
+    """The bank for a subset's images, stored or virtual: one interface for the training loop."""
+    if isinstance(images, VirtualPool):
+        return PoolBank(images, device, device_bytes, pin=pin)
+    return ImageBank(images, device, device_bytes, pin=pin)

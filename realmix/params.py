@@ -145,7 +145,10 @@ class PreaugmentParams:
     keep_originals: bool = True  # also keep each original unlabelled image (the original dropped them)
     seed: int = 1
     cutout_prob: float = 0.3  # probability that random erasing is applied to an image
-    shard_size: int = 65536  # images per output shard (bounds memory)
+    shard_size: int = 65536  # images per output shard of a materialized pool (bounds memory)
+    # virtual: the stage writes the recipe and the pool is computed where it is read (the same images, bit for
+    # bit); materialized: the pool's images are written to disk
+    storage: Literal["materialized", "virtual"] = "virtual"
 
     def validate(self) -> None:
         for key in ("copies", "mismatch_copies"):

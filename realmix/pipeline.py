@@ -106,7 +106,7 @@ def preaugment(p: Params, source: str, copies: int) -> Store:
     return run(
         Store.open(split_dir(src)), split_dir(name), copies=copies, augment=a.augment,
         keep_originals=a.keep_originals, seed=a.seed, cutout_prob=a.cutout_prob, shard_size=a.shard_size,
-        name=str(name),
+        storage=a.storage, name=str(name),
     )
 
 

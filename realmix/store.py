@@ -11,6 +11,10 @@ Subsets are named parts of a dataset (`train`, `test`, `unlabeled`, or after a s
 `valid`, `test`). Large subsets are written in several shards so that writers stream with bounded
 memory; readers memory-map the shards. The whole directory is written to a temporary sibling and renamed
 into place, so a killed writer never leaves a half store behind.
+
+A pre-augmented split may instead be *virtual* (format `realmix-virtual-pool/1`): a manifest holding the recipe of
+its unlabelled pool and the path and hashes of its source split, whose files it reads; `Store.open` returns it as
+a store like any other (realmix/preaugment.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from . import atomic
 from .errors import RealmixError
 
 FORMAT = "realmix-store/1"
+VIRTUAL_FORMAT = "realmix-virtual-pool/1"  # a pre-augmented split stored as its recipe (realmix/preaugment.py)
 MANIFEST = "manifest.json"
 CLASS_MAPPING = "class_mapping.json"
 NAMES = "names.json"  # per subset, where each row came from (Store.row_names)
@@ -293,6 +298,10 @@ class Store:
             manifest = json.loads(mpath.read_text())
         except (OSError, ValueError) as e:
             raise RealmixError(f"{mpath}: unreadable manifest ({e}); rerun the stage that wrote it") from e
+        if manifest.get("format") == VIRTUAL_FORMAT:
+            from .preaugment import VirtualStore  # the pool's code lives with the stage that writes it
+
+            return VirtualStore.from_manifest(path, manifest)
         if manifest.get("format") != FORMAT:
             raise RealmixError(f"{mpath}: unknown store format {manifest.get('format')!r} (expected {FORMAT})")
         return cls(path, manifest)
@@ -329,6 +338,28 @@ class Store:
             raise RealmixError(f"{self.path}: has no subset {name!r} (it has {', '.join(self.subsets)})")
         e = self.manifest["subsets"][name]
         return Subset(self, name, int(e["count"]), list(e["shards"]), dict(e["class_counts"]))
+
+    def digest(self) -> str:
+        """SHA-256 of what the store holds (class names, image shape, every shard's count and hashes), not of
+        how its files are named or cut: the identity a derived store records of its source."""
+        subsets = {name: [(s["count"], s["sha256_images"], s["sha256_labels"]) for s in e["shards"]]
+                   for name, e in self.manifest["subsets"].items()}
+        content = {"class_names": self.class_names, "image_shape": self.image_shape, "subsets": subsets}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def data_id(self) -> str:
+        """What a training run records as its data: the manifest's hash; for a pre-augmented split, the hash of
+        its recipe (which names its source's digest), so a virtual and a materialized pool of one recipe --
+        the same images, bit for bit -- are the same run data."""
+        recipe = self.meta.get("preaugment")
+        if isinstance(recipe, dict) and "draws" in recipe:  # written since the pool's draws are hashed
+            from .preaugment import recipe_identity
+
+            content: Any = {"preaugment": recipe_identity(recipe), "class_names": self.class_names,
+                            "image_shape": self.image_shape}
+        else:
+            content = self.manifest
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def summary(self) -> str:
         """One line: path, class count, image shape and the size of each subset."""

@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
 from .augment import augment_batch, rand_augment
-from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, to_device
+from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank, to_device
 from .distributed import Dist
 from .ema import EMA, with_own_bn_stats
 from .errors import RealmixError
@@ -190,7 +190,8 @@ class Trainer:
             unlabel = store.subset("unlabel")
             if unlabel.count == 0:
                 raise RealmixError(f"{store.path}: {algorithm} needs unlabelled images but the split has none")
-            self.unlabel_bank = ImageBank(unlabel.images, self.device, device_bytes, pin=self.fast.pin_memory)
+            # a pre-augmented pool stored virtually is computed here, per batch, on the training device
+            self.unlabel_bank = image_bank(unlabel.images, self.device, device_bytes, pin=self.fast.pin_memory)
             self.unlabel_stream = IndexStream(unlabel.count, np.random.default_rng(order_u))
             ood = ood_flags(store, "unlabel")  # class-mismatch splits: log how much out-of-class data masks admit
             self.unlabel_ood = None if ood is None else torch.from_numpy(ood).to(self.device)
@@ -211,7 +212,7 @@ class Trainer:
         ident = {
             "algorithm": algorithm, "algorithm_params": dataclasses.asdict(p.algorithm(algorithm)),
             "model": self.arch, "train": train, "split_seed": split_seed,
-            "data": hashlib.sha256(json.dumps(self.store.manifest, sort_keys=True).encode()).hexdigest(),
+            "data": self.store.data_id(),  # a virtual and a materialized pool of one recipe: the same data
         }
         if algorithm == "realmix":
             ident["tsa"] = p.tsa

@@ -40,6 +40,8 @@ def test_unknown_key_names_it_and_suggests():
     [
         ({"dataset__source": "mnist"}, r"dataset.source='mnist' is not allowed; choose one of: digits"),
         ({"preaugment__augment": "rotate"}, r"preaugment.augment='rotate' is not allowed"),
+        ({"preaugment__storage": "disk"}, r"preaugment.storage='disk' is not allowed; choose one of: materialized, "
+                                          r"virtual"),
         ({"dataset__name": "cifar-10"}, r"dataset.name='cifar-10' is not a valid dataset name"),
         ({"dataset__name": "my.data"}, r"not a valid dataset name"),
         ({"split__nvalid": "100"}, r"split.nvalid must be an integer"),

@@ -1,4 +1,5 @@
-"""realmix.preaugment on tiny split stores: counts, labels, copied subsets, determinism, sharding, atomicity."""
+"""realmix.preaugment on tiny split stores: counts, labels, copied subsets, determinism, sharding, atomicity, and
+the two storages (materialized, virtual) giving the same pool bit for bit."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from realmix import preaugment as pa
+from realmix.augment import AUGMENTS
+from realmix.data_stream import ImageBank, PoolBank, image_bank
 from realmix.errors import RealmixError
 from realmix.store import Store, StoreWriter
 
 CLASSES = ["a", "b", "c"]
 SIZES = {"label": 6, "unlabel": 20, "valid": 5, "test": 7}
-DEFAULTS = dict(copies=3, augment="cifar10", keep_originals=True, seed=1, cutout_prob=0.3, shard_size=1000)
+DEFAULTS = dict(copies=3, augment="cifar10", keep_originals=True, seed=1, cutout_prob=0.3, shard_size=1000,
+                storage="materialized")
 
 
 def make_split(path: Path, *, constant: bool = False, nvalid: int | None = SIZES["valid"]) -> Store:
@@ -73,8 +78,9 @@ def test_other_subsets_are_copied_verbatim_and_meta_is_recorded(tmp_path):
     assert out.meta["split"] == {"seed": 1}  # the source's provenance is kept
     assert out.meta["preaugment"] == {
         **DEFAULTS,
-        "chunk": pa.CHUNK,
+        "draws": "splitmix64/1",
         "source": "tiny.1@6-5",
+        "source_sha256": src.digest(),
     }
     assert run(src, tmp_path / "named", name="tiny_aug3.1@6-5").name == "tiny_aug3.1@6-5"
 
@@ -92,11 +98,14 @@ def test_validation_images_never_enter_the_pool(tmp_path):
 def test_originals_kept_unaugmented_and_copies_spread(tmp_path):
     src = make_split(tmp_path / "src")
     out = run(src, tmp_path / "out", copies=5)
-    pool = digests(out.subset("unlabel").images[:])
+    images = out.subset("unlabel").images[:]
+    positions = pa.original_positions(out)
+    assert np.array_equal(images[positions], src.subset("unlabel").images[:])  # each original, unaugmented
+    pool = digests(images)
     originals = digests(src.subset("unlabel").images[:])
-    assert all(pool.count(d) == 1 for d in originals)  # each original once; its copies are augmented
-    position = sorted(pool.index(d) for d in originals)
-    assert position != list(range(len(originals)))  # shuffled, not a block at the front
+    # copies are augmented: on 8x8 images a copy equals its original only by chance (no flip, zero shift: 1/162)
+    assert len(originals) <= sum(pool.count(d) for d in originals) <= len(originals) + 4
+    assert sorted(positions.tolist()) != list(range(len(originals)))  # shuffled, not a block at the front
 
 
 def test_deterministic_and_seed_dependent(tmp_path):
@@ -169,3 +178,102 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(RealmixError, match="no 'unlabel' subset"):
         run(Store.open(tmp_path / "raw"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- the two storages --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_virtual_and_materialized_pools_are_byte_identical(tmp_path, monkeypatch, augment):
+    monkeypatch.setattr(pa, "CHUNK", 7)  # several compute batches on both sides, cut differently from the shards
+    src = make_split(tmp_path / "src")
+    kw = dict(augment=augment, cutout_prob=0.6, keep_originals=augment != "cutout")
+    m = run(src, tmp_path / "m", shard_size=9, **kw)
+    v = run(src, tmp_path / "v", storage="virtual", **kw)
+    assert isinstance(v, pa.VirtualStore) and not isinstance(m, pa.VirtualStore)
+    mp, vp = m.subset("unlabel"), v.subset("unlabel")
+    images = mp.images[:]
+    assert vp.count == mp.count == len(images) and vp.class_counts == mp.class_counts
+    assert np.array_equal(vp.images[:], images)  # every item, byte for byte
+    order = np.random.default_rng(3).permutation(len(images))[:25]  # any items, in any order, alone
+    assert np.array_equal(vp.images[order], images[order])
+    assert all(np.array_equal(vp.images[int(i)], images[i]) for i in order[:5])
+    assert np.array_equal(vp.labels, mp.labels)
+    sources = src.subset("unlabel").images[:]
+    unaugmented = sources[pa.item_order(1, len(images)) % 20]  # position p holds a copy of source image item % n
+    assert np.array_equal(images, unaugmented) == (augment == "none")
+    for subset in ("label", "valid", "test"):
+        assert np.array_equal(v.subset(subset).images[:], m.subset(subset).images[:])
+        assert np.array_equal(v.subset(subset).labels, m.subset(subset).labels)
+    assert v.data_id() == m.data_id() != src.data_id()
+    assert v.meta["preaugment"]["storage"] == "virtual" and m.meta["preaugment"]["storage"] == "materialized"
+    if kw["keep_originals"]:
+        positions = pa.original_positions(v)
+        assert np.array_equal(positions, pa.original_positions(m))
+        assert np.array_equal(vp.images[positions], sources)
+
+
+def test_the_pool_is_computed_from_its_recipe_not_stored(tmp_path):
+    src = make_split(tmp_path / "src")
+    v = run(src, tmp_path / "v", storage="virtual", copies=50)
+    assert sorted(p.name for p in v.path.iterdir()) == ["class_mapping.json", "manifest.json"]
+    assert (v.path / "manifest.json").stat().st_size < 10_000
+    assert v.subset("unlabel").count == 20 * 51
+    v.verify()
+    pool = v.subset("unlabel").images[:]
+    other = run(src, tmp_path / "other", storage="virtual", copies=50, seed=2)
+    assert not np.array_equal(other.subset("unlabel").images[:], pool)
+    assert other.data_id() != v.data_id()
+    # the source is found relative to the pool: the two move together (e.g. into a DVC experiment's copy)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("src", "v"):
+        (tmp_path / name).rename(moved / name)
+    assert np.array_equal(Store.open(moved / "v").subset("unlabel").images[:], pool)
+
+
+def test_a_virtual_pool_refuses_a_changed_or_missing_source(tmp_path):
+    src = make_split(tmp_path / "src")
+    run(src, tmp_path / "v", storage="virtual")
+    make_split(tmp_path / "src2", constant=True)
+    (tmp_path / "src").rename(tmp_path / "old")
+    with pytest.raises(RealmixError, match="source split .* is not readable"):
+        Store.open(tmp_path / "v")
+    (tmp_path / "src2").rename(tmp_path / "src")
+    with pytest.raises(RealmixError, match="changed since this virtual pool was written; rerun preaugment"):
+        Store.open(tmp_path / "v")
+
+
+def test_virtual_bad_arguments(tmp_path):
+    src = make_split(tmp_path / "src")
+    with pytest.raises(RealmixError, match="unknown storage 'disk'; choose one of: materialized, virtual"):
+        run(src, tmp_path / "out", storage="disk")
+    v = run(src, tmp_path / "v", storage="virtual")
+    with pytest.raises(RealmixError, match="is itself a virtual pre-augmented split"):
+        run(v, tmp_path / "vv", storage="virtual")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "vv").exists()
+
+
+@pytest.mark.parametrize("device_bytes", [1 << 30, 0], ids=["source-on-device", "source-on-host"])
+def test_pool_bank_gathers_the_materialized_images(tmp_path, device_bytes):
+    """The training loop's view: a virtual pool gathered per batch equals the materialized pool's bank."""
+    src = make_split(tmp_path / "src")
+    m = run(src, tmp_path / "m", augment="color")
+    v = run(src, tmp_path / "v", augment="color", storage="virtual")
+    cpu = torch.device("cpu")
+    vb = image_bank(v.subset("unlabel").images, cpu, device_bytes)
+    mb = image_bank(m.subset("unlabel").images, cpu, device_bytes)
+    assert isinstance(vb, PoolBank) and isinstance(mb, ImageBank) and len(vb) == len(mb) == 80
+    for idx in (np.array([79, 0, 5, 5, 33]), np.random.default_rng(1).permutation(80)):
+        a, b = vb.gather(idx, torch.from_numpy(idx)), mb.gather(idx, torch.from_numpy(idx))
+        assert torch.equal(a, b) and a.stride() == b.stride()
+        assert torch.equal(vb.gather(idx), b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_pool_computed_on_cuda_equals_the_materialized_pool(tmp_path, augment):
+    src = make_split(tmp_path / "src")
+    m = run(src, tmp_path / "m", augment=augment, cutout_prob=0.6)
+    v = run(src, tmp_path / "v", augment=augment, cutout_prob=0.6, storage="virtual")
+    idx = np.random.default_rng(0).permutation(80)
+    gpu = image_bank(v.subset("unlabel").images, torch.device("cuda")).gather(idx)
+    assert np.array_equal(gpu.permute(0, 2, 3, 1).cpu().numpy(), m.subset("unlabel").images[idx])

@@ -34,6 +34,10 @@ def test_presets_exist_and_parse():
             assert p.fixmatch.optimizer == p.iomatch.optimizer == "sgd" and p.fixmatch.lr_schedule == "cosine"
             assert p.train.mismatch_aug_algorithms == ["realmix"] and p.preaugment.mismatch_copies
             assert p.tsa == "linear_schedule" and p.realmix.ood_mask != "none"
+            assert p.preaugment.mismatch_copies == [50]  # the paper's copies: cheap as a virtual pool
+        if path.name == "cifar10.yaml":
+            assert p.preaugment.copies == [50] and p.train.aug_algorithms == ["realmix"]
+        assert p.preaugment.storage == "virtual"
 
 
 def toy(path, tmp_path, **split):

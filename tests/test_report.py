@@ -18,6 +18,7 @@ from realmix.inference import predict_outputs
 from realmix.mismatch import filter_split
 from realmix.openset import score_pool
 from realmix.params import ReportParams
+from realmix.preaugment import preaugment
 from realmix.report import MIN_SIDE, cuts, write_report
 from realmix.splits import create_split
 from realmix.store import Store, StoreWriter
@@ -165,3 +166,20 @@ def test_evaluate_writes_the_report(source, tmp_path):  # noqa: F811
     assert len((run / "eval" / "unlabelled.csv").read_text().splitlines()) == 1 + m.subset("unlabel").count
     assert sorted(p.name for p in (run / "eval" / "grids").iterdir()) == [
         "confident.png", "mistakes.png", "out_of_class.png"]
+
+
+@pytest.mark.parametrize("storage", ["materialized", "virtual"])
+def test_a_pre_augmented_pool_is_scored_on_its_originals_by_source_name(source, tmp_path, storage):  # noqa: F811
+    """Both storages: the report scores each source image once, under its source name and out-of-class flag."""
+    m = mismatch(source, tmp_path / "m")
+    names = {"unlabel": [f"unlabeled/u{i:02d}.png" for i in range(m.subset("unlabel").count)],
+             "test": [f"test/t{i}.png" for i in range(m.subset("test").count)]}
+    (m.path / "names.json").write_text(json.dumps(names))
+    aug = preaugment(m, tmp_path / f"aug_{storage}", copies=2, augment="cifar10", keep_originals=True, seed=4,
+                     cutout_prob=0.0, shard_size=64, storage=storage, progress=False)
+    assert aug.row_names("unlabel") == names["unlabel"] and aug.row_names("test") == names["test"]
+    model = Crafted(heads=False)
+    plain, pooled = score_pool(model, m), score_pool(model, aug)
+    assert pooled.names == names["unlabel"] and pooled.scored_on == "originals of the pre-augmented pool"
+    assert np.array_equal(pooled.images, plain.images) and np.array_equal(pooled.ood, plain.ood)
+    assert np.array_equal(pooled.outputs.probs, plain.outputs.probs)

@@ -359,3 +359,46 @@ def test_a_run_is_not_shortened_and_the_restart_names_what_changed(tmp_path, sto
     Trainer(tiny_params(train={"lr": 0.001}, supervised={"smoothing": 0.1}), "supervised", store,
             split_seed=1).fit(tmp_path / "run")
     assert "(changed: supervised.smoothing, train.lr); starting from scratch" in capsys.readouterr().err
+
+
+def test_virtual_pool_trains_bit_identical_to_the_materialized_pool_and_both_resume(tmp_path, store, monkeypatch,
+                                                                                     capsys):
+    """RealMix on a virtual pre-augmented pool (computed per batch in the loop) ends with exactly the weights of the
+    same run on the materialized pool; a run cut after a checkpoint resumes to the same end on either storage."""
+    from realmix.data_stream import PoolBank
+    from realmix.preaugment import preaugment
+
+    recipe = dict(copies=3, augment="cifar10", keep_originals=True, seed=1, cutout_prob=0.3, shard_size=50,
+                  progress=False)
+    pools = {s: preaugment(store, tmp_path / s / "toy_aug3.1@12-6", storage=s, **recipe)
+             for s in ("materialized", "virtual")}
+    p = tiny_params()
+    trainers = {s: Trainer(p, "realmix", pool, split_seed=1) for s, pool in pools.items()}
+    assert isinstance(trainers["virtual"].unlabel_bank, PoolBank)
+    assert trainers["virtual"].fingerprint == trainers["materialized"].fingerprint  # the same run data
+    trainers["materialized"].fit(tmp_path / "full")
+    reference = ckpt.load(tmp_path / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)
+
+    original = Trainer.step
+    for storage, pool in pools.items():
+        calls = {"n": 0}
+
+        def dying_step(self, calls=calls):
+            calls["n"] += 1
+            if calls["n"] == 6:  # after the checkpoint at 24 images, before the one at 42
+                raise KeyboardInterrupt
+            return original(self)
+
+        monkeypatch.setattr(Trainer, "step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(p, "realmix", pool, split_seed=1).fit(tmp_path / storage)
+        monkeypatch.setattr(Trainer, "step", original)
+        capsys.readouterr()
+        Trainer(p, "realmix", pool, split_seed=1).fit(tmp_path / storage)
+        assert "(24 images, saved by" in capsys.readouterr().err  # resumed, not started over
+        got = ckpt.load(tmp_path / storage / "model.pt", expect=ckpt.MODEL_FORMAT)
+        assert state_equal(got["model"], reference["model"]) and state_equal(got["raw_model"], reference["raw_model"])
+    # the pool is what the run learned from: the same run on the un-augmented split ends elsewhere
+    Trainer(p, "realmix", store, split_seed=1).fit(tmp_path / "plain")
+    plain = ckpt.load(tmp_path / "plain" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert not state_equal(plain["raw_model"], reference["raw_model"])
