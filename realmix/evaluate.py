@@ -33,7 +33,7 @@ REPORT_METRICS = ("flagged_ood", "flagged_in")
 
 
 def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
-    """{"last01": .., "last10": .., "last20": .., "last50": .., "evaluations": n, "error": 100 - last20}.
+    """{"last01": .., "last10": .., "last20": .., "last50": .., "evaluations": n, "error_rate": 100 - last20}.
 
     A median over fewer evaluations than asked for is not made up: it is null, and `evaluations` says how many
     there were.
@@ -42,7 +42,9 @@ def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
     out: dict[str, Any] = {"evaluations": len(acc)}
     for n in LAST:
         out[f"last{n:02d}"] = float(np.median(acc[-n:])) if len(acc) >= n else None
-    out["error"] = None if out["last20"] is None else round(100.0 - out["last20"], 6)  # no 9.0999999...
+    # not "error": `dvc metrics show` takes any non-empty key named "error" in a metrics file for a load failure
+    # and warns "DVC failed to load some metrics" (dvc.utils.errored_revisions)
+    out["error_rate"] = None if out["last20"] is None else round(100.0 - out["last20"], 6)  # no 9.0999999...
     return out
 
 

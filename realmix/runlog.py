@@ -1,4 +1,7 @@
-"""Run logs: dvclive (metrics.json + per-metric .tsv histories for `dvc metrics/plots`) and TensorBoard events.
+"""Run logs: dvclive (live/metrics.json + one .tsv history per metric under live/plots/) and TensorBoard events.
+
+dvc.yaml declares live/plots of every train stage as DVC plots (x: step), so `dvc plots show` draws each history
+and `dvc plots diff` overlays them across commits and experiments; live/metrics.json is a plain output.
 
 The evaluation history also lives in every checkpoint, so on resume both logs are rewritten from the
 checkpoint's history: no duplicated or missing rows after a crash between a report and the next checkpoint.
@@ -40,7 +43,7 @@ def _live(path: Path):
     return FileOnlyLive(str(path), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
-# metrics.json (what `dvc metrics show` prints per run) keeps the headline figures; every metric, per-class
+# metrics.json (what `realmix runs` prints per run) keeps the headline figures; every metric, per-class
 # accuracies included, has its full history under plots/metrics/.
 SUMMARY = ("label/accuracy", "valid/accuracy", "valid/loss", "test/accuracy", "test/f1_macro", "raw/test/accuracy",
            "train/loss", "train/images_per_s")

@@ -53,7 +53,7 @@ OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its op
 
 
 def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (algorithm, setting): mean and sample std over seeds of last20, error = 100 - last20, and of
+    """One row per (algorithm, setting): mean and sample std over seeds of last20, error_rate = 100 - last20, and of
     the open-set figures (OPEN_SET) where the runs have them."""
     groups: dict[tuple[str, str], list[RunRef]] = {}
     for r in runs:
@@ -65,8 +65,8 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
         rows.append({
             "algorithm": algorithm, "setting": setting, "mismatch": members[0].mismatch,
             "copies": members[0].copies, "seeds": [r.seed for r in members], "runs": len(values),
-            "last20": mean, "last20_std": std, "error": None if mean is None else round(100.0 - mean, 6),
-            "error_std": std,
+            "last20": mean, "last20_std": std, "error_rate": None if mean is None else round(100.0 - mean, 6),
+            "error_rate_std": std,
             "missing": [r.data for r in members if medians[r].get("last20") is None],
             "evaluations": min(medians[r].get("evaluations", 0) for r in members),
         })
@@ -91,7 +91,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             note = (f"{len(r['missing'])} run(s) with fewer than 20 evaluations "
                     f"(at least {r['evaluations']}): raise train_kimg / lower report_kimg")
         lines.append(f"| {r['algorithm']} | {r['setting']} | {r['runs']}/{len(r['seeds'])} | "
-                     f"{_fmt(r['last20'], r['last20_std'])} | {_fmt(r['error'], r['error_std'])} | {note} |")
+                     f"{_fmt(r['last20'], r['last20_std'])} | {_fmt(r['error_rate'], r['error_rate_std'])} | {note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +150,8 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
     out = Path(out_dir)
     with atomic.atomic_path(out / "summary", directory=True) as tmp:
         for row in rows:
-            keys = ["last20", "last20_std", "error", "error_std", "runs"]
+            # "error_rate", never "error": DVC reads a metric named "error" as a failure to load (see evaluate.py)
+            keys = ["last20", "last20_std", "error_rate", "error_rate_std", "runs"]
             keys += [k for key in OPEN_SET for k in (key, f"{key}_std") if row.get(key) is not None]
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,11 @@ def set_params(proj, **sections):
     (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+# the runs the `repo` fixture plans
+RUNS = ("runs/supervised/digits.1@30-100", "runs/supervised/digits.2@30-100", "runs/realmix/digits_aug2.1@30-100",
+        "runs/realmix/digits_aug2.2@30-100")
+
+
 def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -106,6 +111,7 @@ def test_repro_noop_and_partial_rerun(repo):
 
 def test_tsa_experiment_metrics_diff_and_plots(repo):
     run(["dvc", "repro"], repo)
+    assert "failed to load" not in run(["dvc", "metrics", "show"], repo).stderr
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "repro"], repo)
     sup = repo / "runs" / "supervised" / "digits.1@30-100" / "model.pt"
@@ -137,16 +143,48 @@ def test_tsa_experiment_metrics_diff_and_plots(repo):
     table = run(["dvc", "metrics", "diff", "--all"], repo).stdout
     assert "HEAD" in table and "workspace" in table and "last01" in table
 
-    # every plot is a PNG image: `dvc plots show` renders offline (no vega from a CDN)
-    out = run(["dvc", "plots", "show", "--json"], repo).stdout
-    plots = json.loads(out)["data"]
-    assert plots and all(r["type"] == "image" for rs in plots.values() for r in rs)
-    assert {"metrics/summary.png", "runs/realmix/digits_aug2.1@30-100/eval/accuracy.png"} <= set(plots)
+    # the views: PNGs (offline), each run's dvclive histories and test confusion matrix (vega), nothing else
+    shown = run(["dvc", "plots", "show", "--json"], repo)
+    assert "failed to load" not in shown.stderr
+    out = json.loads(shown.stdout)
+    assert not out.get("errors")
+    plots = out["data"]
+    kinds = {name: {r["type"] for r in rs} for name, rs in plots.items()}
+    images = {name for name, k in kinds.items() if k == {"image"}}
+    assert images == {"metrics/summary.png"} | {f"{r}/eval/accuracy.png" for r in RUNS}
+    vega = set(plots) - images
+    assert all(kinds[name] == {"vega"} for name in vega)
+    curves = {name for name in vega if re.fullmatch(r"runs/[^/]+/[^/]+/live/plots/metrics/.+\.tsv", name)}
+    assert vega - curves == {f"{r}/eval/predictions.csv" for r in RUNS}  # no binaries, no stray JSON or CSV
+    run_dir = "runs/realmix/digits_aug2.1@30-100"
+    assert {f"{run_dir}/live/plots/metrics/{m}.tsv" for m in ("test/accuracy", "train/loss", "train/tsa_threshold")
+            } <= curves
+    accuracy = plots[f"{run_dir}/live/plots/metrics/test/accuracy.tsv"][0]["content"]
+    assert accuracy["encoding"]["x"]["field"] == "step" and '"field": "accuracy"' in json.dumps(accuracy)
+    confusion = json.dumps(plots[f"{run_dir}/eval/predictions.csv"][0]["content"])
+    assert '"x": {"field": "predicted"' in confusion and '"y": {"field": "true"' in confusion
     run(["dvc", "plots", "show", "-o", "plots_html"], repo)
     page = (repo / "plots_html" / "index.html").read_text()
-    assert page.count("<img") == len(plots) and "<script" not in page  # nothing to fetch
+    assert page.count("<img") == len(images)  # the PNGs need nothing else
+    assert "https://cdn.jsdelivr.net/npm/vega@" in page  # the vega views load their library from a CDN
+    # `dvc plots diff` overlays the revisions in one chart per history (the PNGs side by side)
+    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], repo).stdout)["data"]
+    assert set(diff[f"{run_dir}/live/plots/metrics/test/accuracy.tsv"][0]["revisions"]) == {"HEAD", "workspace"}
+    assert len(diff["metrics/summary.png"]) == 2
     run(["dvc", "plots", "diff", "HEAD", "-o", "diff_html"], repo)
-    assert (repo / "diff_html" / "index.html").read_text().count("<img") >= 2 * len(plots) - 2
+    assert (repo / "diff_html" / "index.html").read_text().count("<img") == 2 * len(images)
+
+    # the trained models as a DVC model-registry artifact, fetched by version (a GTO-style Git tag)
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        artifact = dvc_repo.artifacts.read()["dvc.yaml"]["models"]
+    assert (artifact.path, artifact.type) == ("runs", "model")
+    run(["git", "tag", "-a", "models@v0.0.1", "-m", "models", "HEAD"], repo)
+    run(["dvc", "artifacts", "get", ".", "models", "-o", "got"], repo)
+    got = repo / "got"
+    assert {str(p.relative_to(got)) for p in got.glob("*/*/model.pt")} == {f"{r[5:]}/model.pt" for r in RUNS}
+    assert not list(got.glob("*/*/checkpoints"))  # local only (cache: false)
 
 
 def test_bad_param_fails_the_stage_with_one_line(repo):
