@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test test-realdata lint install clean-venv
+.PHONY: repro test test-realdata test-walkthrough lint install clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 ## Run the real-data tests (Fashion-MNIST from the Debian package dataset-fashion-mnist).
 test-realdata: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m realdata
+
+## Follow the README's own-images walkthrough exactly as written (presets/folder.yaml at full size: ~35 min on 2 cores).
+test-walkthrough: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m slow tests/test_own_images.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

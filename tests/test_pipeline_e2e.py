@@ -151,7 +151,9 @@ def test_tsa_experiment_metrics_diff_and_plots(repo):
     plots = out["data"]
     kinds = {name: {r["type"] for r in rs} for name, rs in plots.items()}
     images = {name for name, k in kinds.items() if k == {"image"}}
-    assert images == {"metrics/summary.png"} | {f"{r}/eval/accuracy.png" for r in RUNS}
+    grids = ("out_of_class", "confident", "mistakes")  # the out-of-class report's image grids
+    assert images == {"metrics/summary.png"} | {f"{r}/eval/accuracy.png" for r in RUNS} | {
+        f"{r}/eval/grids/{g}.png" for r in RUNS for g in grids}
     vega = set(plots) - images
     assert all(kinds[name] == {"vega"} for name in vega)
     curves = {name for name in vega if re.fullmatch(r"runs/[^/]+/[^/]+/live/plots/metrics/.+\.tsv", name)}
