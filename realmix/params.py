@@ -507,9 +507,6 @@ SCALARS: dict[str, tuple[Any, Any]] = {
 }
 
 
-SCORES = ("msp", "energy", "open")
-
-
 @dataclass(frozen=True)
 class ReportParams:
     """`report`: the out-of-class report of a run's unlabelled images (written by `evaluate`)."""

@@ -170,7 +170,8 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
                            f"(first: {skipped[0][0]}: {skipped[0][1]})")
 
     probs = np.concatenate([o.probs for o in parts]).astype(np.float32, copy=False)
-    scores = {k: np.concatenate([outlier_scores(o)[k] for o in parts]) for k in outlier_scores(parts[0])}
+    part_scores = [outlier_scores(o) for o in parts]
+    scores = {k: np.concatenate([s[k] for s in part_scores]) for k in part_scores[0]}
     flags = None if cut is None else scores[cut_score] > cut
     pred = probs.argmax(1)
     truths: list[str | None] = []

@@ -26,7 +26,7 @@ import torch
 
 from .errors import RealmixError
 from .inference import Outputs
-from .openset import ScoredPool, auroc, outlier_scores, own_score
+from .openset import ScoredPool, outlier_scores, own_score
 from .params import ReportParams
 
 MIN_SIDE = 64  # grid cells are scaled up (nearest neighbour) to at least this many pixels, so small images show
@@ -124,9 +124,7 @@ def write_report(model: Any, pool: ScoredPool, valid: Outputs | None, test_image
                   "mistakes": [{"file": test_names[i], "true": class_names[test_labels[i]],
                                 "predicted": class_names[test_pred[i]]} for i in worst]},
     }
-    if pool.ood is not None:  # true classes known: how well each score finds the out-of-class images
-        summary["auroc"] = {name: auroc(s, pool.ood) for name, s in scores.items()}
-        if flags is not None:
-            summary["flagged_ood"] = float(flags[pool.ood].mean()) if pool.ood.any() else None
-            summary["flagged_in"] = float(flags[~pool.ood].mean()) if (~pool.ood).any() else None
+    if pool.ood is not None and flags is not None:  # true classes known (the AUROCs: openset.pool_metrics)
+        summary["flagged_ood"] = float(flags[pool.ood].mean()) if pool.ood.any() else None
+        summary["flagged_in"] = float(flags[~pool.ood].mean()) if (~pool.ood).any() else None
     return summary

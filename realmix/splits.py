@@ -72,6 +72,14 @@ def _argmax(stats: list[float], npos: list[int], usable: list[bool]) -> int:
     return best_c
 
 
+def _shuffle_classes(class_id: list[list[int]], seed: int) -> None:
+    """Shuffle each class's candidate list in place; seed 0 keeps file order, as the original."""
+    if seed != 0:
+        rng = np.random.RandomState(seed)  # same stream as the original's np.random.seed(seed)
+        for c in class_id:
+            rng.shuffle(c)
+
+
 def select_labelled(candidates: list[np.ndarray], size: int, seed: int, *, class_balance: bool = False,
                     stats: np.ndarray | None = None) -> np.ndarray:
     """Pick `size` labelled indices from per-class candidate lists; returns them sorted."""
@@ -83,10 +91,7 @@ def select_labelled(candidates: list[np.ndarray], size: int, seed: int, *, class
             f"split: {size} labels requested but only {total} labelled images are available; "
             "lower split.sizes (or raise split.label_size)"
         )
-    if seed != 0:  # seed 0 keeps file order, as the original
-        rng = np.random.RandomState(seed)  # same stream as the original's np.random.seed(seed)
-        for c in range(k):
-            rng.shuffle(class_id[c])
+    _shuffle_classes(class_id, seed)
     counts = np.array([len(c) for c in class_id], np.float64)
     if stats is None:
         stats = counts / max(counts.max(), 1)
@@ -192,11 +197,9 @@ def create_split(dataset: Store, out: str | Path, *, seed: int, size: int | str,
         meta_extra["labelled_from"] = f"STL-10 fold {seed}"
     elif size == ALL:
         # validation first (class-balanced, seeded like the labels), then every other candidate is labelled
-        if seed != 0:
-            rng = np.random.RandomState(seed)
-            for c in candidates:
-                rng.shuffle(c)
-        by_class = unlabelled_order(labels, np.concatenate(candidates), stats)
+        class_id = [list(map(int, c)) for c in candidates]
+        _shuffle_classes(class_id, seed)
+        by_class = unlabelled_order(labels, np.array([i for c in class_id for i in c], np.int64), stats)
         if nvalid >= len(by_class):
             raise RealmixError(
                 f"split {name}: split.nvalid={nvalid} leaves no labelled images: with split.sizes [all] the "

@@ -137,10 +137,6 @@ def test_write_summary(tmp_path):
 def test_dvc_metrics_show_reads_the_metrics_without_a_failed_to_load_warning(tmp_path):
     """`dvc metrics show` takes a non-empty key named "error" anywhere in a metrics file for a load failure: with 20+
     evaluations (`make repro`) it warned "DVC failed to load some metrics for following revisions: ''"."""
-    import shutil
-
-    if shutil.which("git") is None:
-        pytest.skip("git is required")
     runs = refs("mixmatch", "d@30-100", [1, 2])
     for i, r in enumerate(runs):  # what evaluate writes: 32 evaluations, so every median and the error rate are set
         path = tmp_path / "metrics" / "runs" / r.algorithm / r.data / "accuracy.json"

@@ -100,8 +100,6 @@ def follow_readme(proj: Path, folder: Path, *, toy: bool) -> dict[str, str]:
 
 @pytest.fixture
 def user_project(project, tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git is required")
     shutil.copytree(ROOT / "presets", project / "presets")
     init_repo(project)
     return project, make_user_folder(tmp_path / "my images")
