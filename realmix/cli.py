@@ -26,6 +26,15 @@ def _datasets(root: Path) -> None:
         print(Store.open(path).summary())
 
 
+def _run_precision(model_path: Path) -> str:
+    """bf16 or fp32: what a finished run trained in (its model.pt)."""
+    from . import checkpoint as ckpt
+    from .hardware import precision_name
+    from .inference import run_precision
+
+    return precision_name(run_precision(ckpt.load(model_path, expect=ckpt.MODEL_FORMAT)))
+
+
 def _runs(root: Path) -> None:
     """One row per trained run: its final evaluation (runs/<algorithm>/<split>/live/metrics.json: the final EMA
     model, the figure `evaluate` and `realmix predict` give) and, once evaluated, the median of its last 20
@@ -39,18 +48,22 @@ def _runs(root: Path) -> None:
         m = json.loads(path.read_text())
         run = path.parent.parent.relative_to(root)
         medians = pipeline.RUN_METRICS / run / "accuracy.json"
-        last20 = "not evaluated"
+        last20, precision = "not evaluated", "?"
         if medians.is_file():
             acc = json.loads(medians.read_text())
+            precision = acc.get("precision", "?")
+        if precision == "?" and (path.parent.parent / "model.pt").is_file():
+            precision = _run_precision(path.parent.parent / "model.pt")
             last20 = (f"{acc['last20']:.2f}" if acc.get("last20") is not None
                       else f"n/a ({acc.get('evaluations', 0)} evals)")
-        rows.append((str(run), str(m.get("step", "")),
+        rows.append((str(run), precision, str(m.get("step", "")),
                      *(f"{m.get(s, {}).get('accuracy', float('nan')):.2f}" for s in ("label", "valid", "test")),
                      last20, f"{m.get('raw', {}).get('test', {}).get('accuracy', float('nan')):.2f}"))
     if not rows:
         print(f"{root}: no trained runs yet")
         return
-    head = ("run", "images", "label %", "valid %", "test % (final)", "test % (last-20 median)", "test % (raw, final)")
+    head = ("run", "precision", "images", "label %", "valid %", "test % (final)", "test % (last-20 median)",
+            "test % (raw, final)")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             from . import distributed
 
             if p.train.nproc > 1 and not distributed.launched():  # N local processes under torchrun
-                from .train import pick_device
+                from .hardware import pick_device
 
                 raise SystemExit(distributed.relaunch(
                     p.train.nproc, ["--params", args.params, "train", "--algorithm", args.algorithm,

@@ -64,6 +64,14 @@ def predictions_csv(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     return buf.getvalue()
 
 
+def produced_by(meta: dict[str, Any], precision: str) -> dict[str, Any]:
+    """What computed a run's figures (model.pt): the precision it trained and evaluated in ("bf16" / "fp32"),
+    the hardware ("cpu AVX2", "cpu AVX512", "cuda <GPU>") and its torch threads. Figures of one recipe differ
+    between precisions (and may between CPU kinds), so every figure file carries them."""
+    out = {"precision": precision, "hardware": meta.get("hardware", "not recorded (an older model.pt)")}
+    return out | ({"threads": meta["threads"]} if "threads" in meta else {})
+
+
 def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | os.PathLike, *, batch: int = 256,
                  device: str = "auto", report: ReportParams | None = None) -> dict[str, Any]:
     """Evaluate run_dir/model.pt (EMA weights, in the run's precision) on the store's test images.
@@ -77,9 +85,9 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     report flagged). Returns the evaluation dict.
     """
     from .charts import training_curves
+    from .hardware import pick_device, precision_name
     from .inference import load_model, predict_outputs, predict_proba, run_precision
     from .report import write_report
-    from .train import pick_device
 
     report = report or ReportParams()
 
@@ -103,13 +111,14 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     k = len(store.class_names)
     result: dict[str, Any] = {
         "run": str(run_dir), "data": store.name, "algorithm": meta["algorithm"], "images": int(known.sum()),
-        "trained_images": meta["images"], "weights": "ema",
+        "trained_images": meta["images"], "weights": "ema", **produced_by(meta, precision_name(amp)),
         **classification_metrics(probs[known], labels[known], store.class_names),
         "confusion_matrix": {"classes": store.class_names,
                              "counts": confusion_matrix(labels[known], probs[known].argmax(1), k).tolist()},
     }
     history = meta.get("history", [])
-    medians = {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
+    medians = {"run": str(run_dir), **produced_by(meta, precision_name(amp)),
+               **median_accuracies(accuracy_history(history))}
     pool = score_pool(model, store, batch=batch, autocast_dtype=amp)
     open_set = pool_metrics(model, store, history, scored=pool)
     if open_set is not None:

@@ -37,7 +37,11 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: torch.devi
     except (RuntimeError, KeyError) as e:
         raise RealmixError(f"{path}: its weights do not fit its recorded architecture {meta['arch']}; "
                            "the file is damaged: retrain the run") from e
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    if meta.get("fast_path", {}).get("channels_last"):
+        # the run's layout, as its training loop evaluated it: the same kernels, so the same figures
+        model.to(memory_format=torch.channels_last)
+    return model, meta
 
 
 def run_precision(meta: dict[str, Any]) -> torch.dtype | None:

@@ -228,8 +228,9 @@ class TrainParams:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     progress: bool = True  # progress bar on stderr
-    # fast path (auto: on for CUDA; none changes what is trained, so none is part of a run's identity)
-    channels_last: Literal["auto", True, False] = "auto"  # weights and activations in NHWC memory
+    # fast path (auto: on for CUDA, channels_last also on CPUs; none changes what is trained, so none is part of a
+    # run's identity)
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC weights/activations (auto: on, CPUs too, see hardware)
     compile: bool = False  # torch.compile the model (a one-off compile of the first steps; CPU needs a C compiler)
     fused_adam: Literal["auto", True, False] = "auto"  # Adam as one fused kernel (else torch's foreach Adam)
     pin_memory: Literal["auto", True, False] = "auto"  # page-locked host buffers for per-step copies (CUDA only)

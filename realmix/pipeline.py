@@ -118,7 +118,8 @@ def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
     """
     from .algorithms import ALGORITHMS
     from .distributed import process_group
-    from .train import Trainer, pick_device
+    from .hardware import pick_device
+    from .train import Trainer
 
     if algorithm not in ALGORITHMS:
         raise RealmixError(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")

@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from . import atomic
 from .errors import RealmixError
+from .hardware import pick_device
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
 from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs, run_precision
 from .openset import outlier_scores
-from .train import pick_device
 
 ON_ERROR = ("fail", "skip")
 RESIZE = ("pad", "stretch", "crop")

@@ -43,6 +43,7 @@ from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank, to_de
 from .distributed import Dist
 from .ema import EMA, with_own_bn_stats
 from .errors import RealmixError
+from .hardware import channels_last_crash, check_channels_last, describe_device, pick_device, pick_precision
 from .inference import predict_proba
 from .metrics import classification_metrics
 from .models import build_model, to_input
@@ -60,31 +61,6 @@ _NOT_IN_FINGERPRINT = ("algorithms", "aug_algorithms", "mismatch_algorithms", "m
                        "channels_last", "compile", "fused_adam", "pin_memory", "nproc")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RealmixError("params: train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bfloat16 natively (else bf16 autocast is emulated and slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu; absent -> fp32
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of forwards for train.precision (None: float32 throughout)."""
-    if name == "fp32" or (name == "auto" and not native_bf16(device)):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RealmixError("params: train.precision=bf16 but this GPU has no bfloat16; use train.precision=fp32")
-    return torch.bfloat16
-
-
 @dataclasses.dataclass(frozen=True)
 class FastPath:
     """The resolved fast-path switches of train.channels_last / compile / fused_adam / pin_memory."""
@@ -95,8 +71,10 @@ class FastPath:
     pin_memory: bool
 
 
-def pick_fast_path(t: TrainParams, device: torch.device) -> FastPath:
-    """`auto` means on for CUDA and off elsewhere; pinned memory needs CUDA."""
+def pick_fast_path(t: TrainParams, device: torch.device, model: torch.nn.Module | None = None) -> FastPath:
+    """`auto` means on for CUDA and off elsewhere, except channels_last: on for CPUs too (measured faster on AVX2
+    and AVX512-BF16 CPUs, README "CPU fast path"), but off where it would meet oneDNN's crash with `model`
+    (hardware.channels_last_crash), where `true` is refused. Pinned memory needs CUDA."""
     cuda = device.type == "cuda"
     if t.pin_memory is True and not cuda:
         raise RealmixError("params: train.pin_memory=true needs a CUDA device (page-locked memory feeds GPU "
@@ -105,7 +83,12 @@ def pick_fast_path(t: TrainParams, device: torch.device) -> FastPath:
     def resolve(value: str | bool) -> bool:
         return cuda if value == "auto" else bool(value)
 
-    return FastPath(resolve(t.channels_last), t.compile, resolve(t.fused_adam), resolve(t.pin_memory))
+    channels_last = t.channels_last is True
+    if t.channels_last is True and model is not None:
+        check_channels_last(model, device)
+    elif t.channels_last == "auto":
+        channels_last = cuda or model is None or channels_last_crash(model, device) is None
+    return FastPath(channels_last, t.compile, resolve(t.fused_adam), resolve(t.pin_memory))
 
 
 def _seed(ss: np.random.SeedSequence) -> int:
@@ -130,7 +113,6 @@ class Trainer:
         if t.threads and self.device.type == "cpu":
             torch.set_num_threads(t.threads)
         self.autocast_dtype = pick_precision(t.precision, self.device)
-        self.fast = pick_fast_path(t, self.device)
         self.class_names = store.class_names
         self.num_classes = store.num_classes
         self.image_shape = store.image_shape
@@ -155,7 +137,8 @@ class Trainer:
             self.arch["open_heads"] = self.algo.open_heads
         g = torch.Generator().manual_seed(_seed(init))
         self.model = build_model(self.arch, self.num_classes, self.image_shape, generator=g).to(self.device)
-        if self.fast.channels_last:
+        self.fast = pick_fast_path(t, self.device, self.model)
+        if self.fast.channels_last:  # the weights' layout; to_input feeds NCHW and the convs follow the weights
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
         # every rank keeps the EMA (Mean Teacher and ICT read it as their teacher); rank 0's is evaluated and saved
@@ -495,6 +478,8 @@ class Trainer:
             "arch": self.arch, "num_classes": self.num_classes, "class_names": self.class_names,
             "image_shape": self.image_shape, "input": "uint8 NCHW -> x * 2/255 - 1", "images": self.images,
             "precision": str(self.autocast_dtype or torch.float32),
+            # what produced the figures (bit-identical only on the same machine kind, precision and threads)
+            "hardware": describe_device(self.device), "threads": torch.get_num_threads(),
             "fast_path": dataclasses.asdict(self.fast), "world_size": self.dist.world_size,
             "fingerprint": self.fingerprint, "model": self.eval_model().state_dict(),
             "ema_bn": self.params.train.ema_bn,  # how the EMA model's BN statistics in "model" were made

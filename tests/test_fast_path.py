@@ -16,12 +16,12 @@ ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mea
               "mixmatch", "realmix", "fixmatch", "iomatch"]
 
 
-def test_auto_is_on_for_cuda_and_off_for_cpu():
+def test_auto_is_on_for_cuda_and_off_for_cpu_but_channels_last():
     t = parse({}).train
     on = pick_fast_path(t, torch.device("cuda"))
     assert (on.channels_last, on.fused_adam, on.pin_memory, on.compile) == (True, True, True, False)
-    off = pick_fast_path(t, torch.device("cpu"))
-    assert (off.channels_last, off.fused_adam, off.pin_memory, off.compile) == (False, False, False, False)
+    off = pick_fast_path(t, torch.device("cpu"))  # channels-last measured faster on CPUs too (README)
+    assert (off.channels_last, off.fused_adam, off.pin_memory, off.compile) == (True, False, False, False)
     forced = pick_fast_path(parse({"train": {"channels_last": True, "fused_adam": True, "compile": True}}).train,
                             torch.device("cpu"))
     assert (forced.channels_last, forced.fused_adam, forced.compile) == (True, True, True)

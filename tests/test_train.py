@@ -244,14 +244,14 @@ def test_update_is_adam_then_decay_on_weights_only_then_ema(store, monkeypatch):
 
 
 def test_precision_choice(monkeypatch):
-    from realmix import train
+    from realmix import hardware
 
     cpu = torch.device("cpu")
-    assert train.pick_precision("fp32", cpu) is None
-    assert train.pick_precision("bf16", cpu) is torch.bfloat16
+    assert hardware.pick_precision("fp32", cpu) is None
+    assert hardware.pick_precision("bf16", cpu) is torch.bfloat16
     for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(train, "native_bf16", lambda device, n=native: n)
-        assert train.pick_precision("auto", cpu) is expected
+        monkeypatch.setattr(hardware, "native_bf16", lambda device, n=native: n)
+        assert hardware.pick_precision("auto", cpu) is expected
 
 
 def test_bf16_run_trains_in_bf16_with_float32_state(tmp_path, store):
