@@ -5,7 +5,9 @@ last two at the paper's mu 7 with RandAugment strong views and SGD).
     .venv/bin/python benchmarks/train_step.py                        # WRN-28-2, batch 64, this device, all three
     .venv/bin/python benchmarks/train_step.py --algorithms realmix --steps 40
     .venv/bin/python benchmarks/train_step.py --fast-path on          # only the fast path
-    .venv/bin/python benchmarks/train_step.py --memory-format compare  # channels-last vs contiguous memory
+    .venv/bin/python benchmarks/train_step.py --memory-format compare  # channels-last vs NCHW memory
+    .venv/bin/python benchmarks/train_step.py --fast-path off --memory-format compare --compile compare \
+        --algorithms supervised mixmatch fixmatch --filters 16 --repeat 1 --rounds 3   # the CPU switches
     .venv/bin/python benchmarks/train_step.py --precision compare      # fp32 vs bf16 autocast, ratio printed
     .venv/bin/python benchmarks/train_step.py --filters 8 --repeat 1 --steps 5 --warmup 1   # a quick smoke run
 
@@ -49,7 +51,7 @@ from realmix.params import parse  # noqa: E402
 from realmix.store import Store, StoreWriter  # noqa: E402
 from realmix.train import Trainer  # noqa: E402
 
-MEMORY_FORMATS = ("default", "contiguous", "channels_last")
+MEMORY_FORMATS = ("nchw", "channels_last")  # train.channels_last false / true
 PRECISIONS = ("fp32", "bf16")
 PARTS = ("augment", "forward", "backward", "optim+decay", "ema", "other")  # optim: Adam or SGD (fixmatch, iomatch)
 FAST_OFF = {"precision": "fp32", "channels_last": False, "fused_adam": False, "pin_memory": False, "compile": False}
@@ -77,20 +79,24 @@ def fast_path(on: bool, compile_mode: str, device: str) -> dict[str, Any]:
             "compile": compile_on}
 
 
-def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], bool]]:
-    """(label, train param overrides, contiguous inputs) of every configuration, from the three axes."""
+def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(label, train param overrides) of every configuration, from the four axes."""
     fast = ["off", "on"] if args.fast_path == "compare" else [args.fast_path]
     memory = list(MEMORY_FORMATS) if args.memory_format == "compare" else [args.memory_format]
     precision = list(PRECISIONS) if args.precision == "compare" else [args.precision]
+    compiled = [False, True] if args.compile == "compare" else [None]
     out = []
-    for f, m, pr in itertools.product(fast, memory, precision):
+    for f, m, pr, c in itertools.product(fast, memory, precision, compiled):
         over = fast_path(f == "on", args.compile, args.device)
         if m is not None:
             over["channels_last"] = m == "channels_last"
         if pr is not None:
             over["precision"] = pr
-        label = "/".join([f"fast-{f}", *([m] if m else []), *([pr] if pr else [])])
-        out.append((label, over, m == "contiguous"))
+        if c is not None:
+            over["compile"] = c
+        label = "/".join([f"fast-{f}", *([m] if m else []), *([pr] if pr else []),
+                          *([] if c is None else ["compiled" if c else "eager"])])
+        out.append((label, over))
     return out
 
 
@@ -103,8 +109,7 @@ def make_store(path: Path, unlabelled: int, *, size: int = 32, classes: int = 10
     return Store.open(path)
 
 
-def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any],
-                 contiguous_inputs: bool = False) -> Trainer:
+def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> Trainer:
     p = parse({})
     p = dataclasses.replace(
         p,
@@ -114,10 +119,6 @@ def make_trainer(store: Store, algorithm: str, args: argparse.Namespace, overrid
     )
     trainer = Trainer(p, algorithm, store, split_seed=1)
     torch.set_num_threads(args.threads)
-    if contiguous_inputs:  # the loop feeds channels-last (NHWC) memory; this makes every input NCHW
-        augment = trainer.augment
-        trainer.augment = lambda images, kinds=("weak",): tuple(  # type: ignore[method-assign]
-            v.contiguous() for v in augment(images, kinds))
     return trainer
 
 
@@ -224,9 +225,8 @@ def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list
     return parts
 
 
-def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any],
-        contiguous_inputs: bool) -> dict[str, object]:
-    trainer = make_trainer(store, algorithm, args, overrides, contiguous_inputs)
+def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, object]:
+    trainer = make_trainer(store, algorithm, args, overrides)
     times = full_steps(trainer, args.warmup, args.steps)
     result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
                                  "resolved": describe(trainer), "views": trainer.algo.views * trainer.algo.mu}
@@ -264,11 +264,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="off: fp32, no channels_last / fused Adam / pinned copies / compile; on: bf16 where "
                          "native, channels_last, fused Adam, pinned copies on CUDA, compile per --compile; "
                          "compare (default): both, alternated, with their ratio")
-    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                    help="torch.compile in the fast path (auto: on CUDA only)")
+    ap.add_argument("--compile", choices=("auto", "on", "off", "compare"), default="auto",
+                    help="torch.compile in the fast path (auto: on CUDA only); compare: eager and compiled in "
+                         "either fast path, alternated (compile time is spent in the warm-up steps)")
     ap.add_argument("--memory-format", choices=(*MEMORY_FORMATS, "compare"), default=None,
-                    help="override the fast path's layout: default (channels-last inputs, NCHW weights), "
-                         "contiguous (NCHW inputs too), channels_last (weights too); compare: all three")
+                    help="override the fast path's layout (train.channels_last): nchw, channels_last; compare: both")
     ap.add_argument("--precision", choices=(*PRECISIONS, "auto", "compare"), default=None,
                     help="override the fast path's train.precision (auto: bf16 where native); compare: fp32 and "
                          "bf16, alternated, with their ratio")
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--steps and --rounds must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
     configs = configurations(args)
+    width = max(len(label) for label, _ in configs)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = bf16_peak(device_name) if args.device == "cuda" else None
 
@@ -293,16 +294,17 @@ def main(argv: list[str] | None = None) -> None:
         flops: dict[str, int] = {}
         for algorithm in args.algorithms:
             flops[algorithm] = step_flops(store, algorithm, args)
-            fns = [lambda a=algorithm, o=o, c=c: run(store, a, args, o, c) for _, o, c in configs]
-            for (label, _, _), results in zip(configs, alternate(fns, args.rounds), strict=True):
+            fns = [lambda a=algorithm, o=o: run(store, a, args, o) for _, o in configs]
+            for (label, _), results in zip(configs, alternate(fns, args.rounds), strict=True):
                 rows.append((algorithm, label, results))
                 med = statistics.median(r["median"] for r in results)  # type: ignore[misc]
-                print(f"  {algorithm:<10} {label:<24} [{results[0]['resolved']}] "
+                print(f"  {algorithm:<10} {label:<{width}} [{results[0]['resolved']}] "
                       + " ".join(f"{r['median']:.3f}" for r in results) + f"  -> {med:.3f} s", flush=True)
 
     print()
-    print(f"{'algorithm':<11}{'configuration':<25}{'median s/step':>14}{'min':>8}{'max':>8}{'labelled img/s':>16}"
-          f"{'all img/s':>11}{'speed-up':>10}{'GFLOP/step':>12}{'TFLOP/s':>9}{'of bf16 peak':>14}")
+    print(f"{'algorithm':<11}{'configuration':<{width + 1}}{'median s/step':>14}{'min':>8}{'max':>8}"
+          f"{'labelled img/s':>16}{'all img/s':>11}{'speed-up':>10}{'GFLOP/step':>12}"
+          f"{'TFLOP/s':>9}{'of bf16 peak':>14}")
     first: dict[str, float] = {}
     for algorithm, label, results in rows:
         med = statistics.median(r["median"] for r in results)  # type: ignore[misc]
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         images = args.batch * (1 + int(results[0]["views"]))  # type: ignore[call-overload]
         achieved = flops[algorithm] / med
         share = f"{100 * achieved / peak:.1f} %" if peak else "n/a"
-        print(f"{algorithm:<11}{label:<25}{med:>14.3f}{lo:>8.3f}{hi:>8.3f}{args.batch / med:>16.1f}"
+        print(f"{algorithm:<11}{label:<{width + 1}}{med:>14.3f}{lo:>8.3f}{hi:>8.3f}{args.batch / med:>16.1f}"
               f"{images / med:>11.1f}{speedup:>10.2f}{flops[algorithm] / 1e9:>12.2f}{achieved / 1e12:>9.3f}"
               f"{share:>14}")
     print("speed-up: images/s relative to the first configuration of the algorithm; FLOPs: one step's forwards and "

@@ -69,6 +69,8 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
             "error_rate_std": std,
             "missing": [r.data for r in members if medians[r].get("last20") is None],
             "evaluations": min(medians[r].get("evaluations", 0) for r in members),
+            # what computed the figures: one recipe gives other figures in bf16 and fp32 (realmix/hardware.py)
+            "precision": "+".join(sorted({medians[r].get("precision", "n/a") for r in members})),
         })
         for key in OPEN_SET:
             found = [medians[r][key] for r in members if medians[r].get(key) is not None]
@@ -84,13 +86,14 @@ def _fmt(mean: float | None, std: float | None) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| algorithm | setting | seeds | accuracy % (last20) | error % | note |", "|---|---|---|---|---|---|"]
+    lines = ["| algorithm | setting | seeds | precision | accuracy % (last20) | error % | note |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         note = ""
         if r["missing"]:
             note = (f"{len(r['missing'])} run(s) with fewer than 20 evaluations "
                     f"(at least {r['evaluations']}): raise train_kimg / lower report_kimg")
-        lines.append(f"| {r['algorithm']} | {r['setting']} | {r['runs']}/{len(r['seeds'])} | "
+        lines.append(f"| {r['algorithm']} | {r['setting']} | {r['runs']}/{len(r['seeds'])} | {r['precision']} | "
                      f"{_fmt(r['last20'], r['last20_std'])} | {_fmt(r['error_rate'], r['error_rate_std'])} | {note} |")
     return "\n".join(lines) + "\n"
 
@@ -151,7 +154,7 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
     with atomic.atomic_path(out / "summary", directory=True) as tmp:
         for row in rows:
             # "error_rate", never "error": DVC reads a metric named "error" as a failure to load (see evaluate.py)
-            keys = ["last20", "last20_std", "error_rate", "error_rate_std", "runs"]
+            keys = ["last20", "last20_std", "error_rate", "error_rate_std", "runs", "precision"]
             keys += [k for key in OPEN_SET for k in (key, f"{key}_std") if row.get(key) is not None]
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)

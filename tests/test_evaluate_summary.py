@@ -7,12 +7,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from realmix import checkpoint as ckpt
 from realmix import pipeline
 from realmix.errors import RealmixError
 from realmix.evaluate import accuracy_history, evaluate_run, median_accuracies
+from realmix.hardware import describe_device, pick_precision, precision_name
 from realmix.params import parse
 from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, write_summary
 from realmix.train import Trainer
@@ -67,7 +69,11 @@ def test_evaluate_run_outputs(trained, tmp_path):
     history = ckpt.load(run_dir / "model.pt", expect=ckpt.MODEL_FORMAT)["history"]
     assert res["accuracy"] == pytest.approx(history[-1]["test/accuracy"], abs=1e-6)
     medians = json.loads(metrics_path.read_text())
-    assert medians == {"run": str(run_dir), **median_accuracies(accuracy_history(history))}
+    # what computed the figures: the run's precision (auto: bf16 on AVX512-BF16 CPUs, else fp32), CPU and threads
+    precision = precision_name(pick_precision("auto", torch.device("cpu")))
+    produced = {"precision": precision, "hardware": describe_device(torch.device("cpu")), "threads": 1}
+    assert medians == {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
+    assert {k: res[k] for k in produced} == produced
     assert medians["evaluations"] == 3 and medians["last20"] is None  # stated, not faked
     with Image.open(run_dir / "eval" / "accuracy.png") as im:
         assert im.format == "PNG" and im.size[0] > 300
@@ -95,7 +101,9 @@ def refs(algorithm, setting, seeds, **kw):
 def test_aggregate_mean_and_sample_std_over_seeds():
     runs = refs("mixmatch", "d@30-100", [1, 2, 3]) + refs("supervised", "d@30-100", [1, 2])
     last20 = [80.0, 90.0, 100.0, 60.0, None]
-    medians = {r: {"last20": v, "evaluations": 32 if v else 5} for r, v in zip(runs, last20, strict=True)}
+    precision = ["bf16", "bf16", "bf16", "fp32", None]  # the last one made before runs recorded it
+    medians = {r: {"last20": v, "evaluations": 32 if v else 5, **({"precision": pr} if pr else {})}
+               for r, v, pr in zip(runs, last20, precision, strict=True)}
     rows = {r["algorithm"]: r for r in aggregate(runs, medians)}
     assert rows["mixmatch"]["last20"] == 90.0 and rows["mixmatch"]["last20_std"] == 10.0
     assert rows["mixmatch"]["error_rate"] == 10.0 and rows["mixmatch"]["runs"] == 3
@@ -103,8 +111,8 @@ def test_aggregate_mean_and_sample_std_over_seeds():
     assert sup["runs"] == 1 and sup["last20"] == 60.0 and sup["last20_std"] is None  # one value: no spread
     assert sup["missing"] == ["d.2@30-100"] and sup["evaluations"] == 5
     table = markdown_table(list(rows.values()))
-    assert "| mixmatch | d@30-100 | 3/3 | 90.00 ± 10.00 | 10.00 ± 10.00 |  |" in table
-    assert "| supervised | d@30-100 | 1/2 | 60.00 | 40.00 |" in table  # not a fake "± 0.00"
+    assert "| mixmatch | d@30-100 | 3/3 | bf16 | 90.00 ± 10.00 | 10.00 ± 10.00 |  |" in table
+    assert "| supervised | d@30-100 | 1/2 | fp32+n/a | 60.00 | 40.00 |" in table  # not a fake "± 0.00"
     assert "1 run(s) with fewer than 20 evaluations" in table
 
 
@@ -114,12 +122,12 @@ def test_write_summary(tmp_path):
     for i, r in enumerate(runs):
         path = tmp_path / "runs" / r.algorithm / r.data / "accuracy.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({**median_accuracies([50.0 + i] * 20)}))
+        path.write_text(json.dumps({**median_accuracies([50.0 + i] * 20), "precision": "fp32"}))
     rows = write_summary(runs, tmp_path / "runs", tmp_path)
     assert len(rows) == 3
     got = json.loads((tmp_path / "summary" / "realmix" / "d6_mismatch100@30-100.json").read_text())
     assert got == {"last20": 54.5, "last20_std": pytest.approx(0.7071067811865476), "error_rate": 45.5,
-                   "error_rate_std": pytest.approx(0.7071067811865476), "runs": 2}
+                   "error_rate_std": pytest.approx(0.7071067811865476), "runs": 2, "precision": "fp32"}
     md = (tmp_path / "summary.md").read_text()
     assert md.startswith("| algorithm | setting |") and md.count("| realmix | d6_mismatch") == 2
     # runs 2,3 are realmix at 0 % (52, 53), runs 4,5 at 100 % (54, 55)

@@ -131,7 +131,8 @@ def check_walkthrough(proj: Path, folder: Path, outputs: dict[str, str]) -> None
         medians = json.loads((proj / "metrics" / "runs" / algorithm / data / "accuracy.json").read_text())
         assert evaluation["accuracy"] == pytest.approx(medians["last01"], abs=1e-9), algorithm
         listed = next(line for line in outputs["realmix runs"].splitlines() if f"{algorithm}/{data}" in line)
-        assert f"{evaluation['accuracy']:.2f}" in listed.split()[4], listed
+        assert f"{evaluation['accuracy']:.2f}" in listed.split()[5], listed
+        assert listed.split()[1] == evaluation["precision"] == medians["precision"], listed  # what computed it
     for setting in ("| supervised | mydata@all-20 |", "| mixmatch | mydata@all-20 |", "| realmix | mydata_aug"):
         assert setting in outputs["realmix results"]
     head = outputs["head -5 runs/mixmatch/mydata.1@all-20/eval/unlabelled.csv"].splitlines()

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from realmix import checkpoint as ckpt
+from realmix.hardware import describe_device, pick_precision, precision_name
 from realmix.store import Store
 from tests.conftest import init_repo, run
 
@@ -75,11 +76,19 @@ def test_repro_noop_and_partial_rerun(repo):
         "supervised/digits.1@30-100", "supervised/digits.2@30-100", "realmix/digits_aug2.1@30-100",
         "realmix/digits_aug2.2@30-100")} | {"metrics/summary/realmix/digits_aug2@30-100.json",
                                             "metrics/summary/supervised/digits@30-100.json"}
+    # every figure says what computed it: the precision `auto` resolved to on this CPU, and the CPU kind
+    precision = precision_name(pick_precision("auto", torch.device("cpu")))
+    assert on_disk["precision"] == precision and on_disk["hardware"] == describe_device(torch.device("cpu"))
+    evaluation = json.loads((run_dir / "eval" / "evaluation.json").read_text())
+    assert (evaluation["precision"], evaluation["hardware"], evaluation["threads"]) == (
+        precision, on_disk["hardware"], 1)
     results = run(["realmix", "results"], repo).stdout
-    assert "| supervised | digits@30-100 | 0/2 | n/a |" in results and "fewer than 20 evaluations" in results
+    assert f"| supervised | digits@30-100 | 0/2 | {precision} | n/a |" in results
+    assert "fewer than 20 evaluations" in results
     table = run(["realmix", "runs"], repo).stdout.splitlines()
-    assert table[0].split()[:2] == ["run", "images"] and len(table) == 5
-    assert any(r.startswith("realmix/digits_aug2.1@30-100 ") and r.split()[1] == "256" for r in table)
+    assert table[0].split()[:3] == ["run", "precision", "images"] and len(table) == 5
+    assert any(r.startswith("realmix/digits_aug2.1@30-100 ") and r.split()[1:3] == [precision, "256"]
+               for r in table)
     splits = repo / "data" / "splits"
     s = Store.open(splits / "digits.1@30-100")
     assert (s.subset("label").count, s.subset("valid").count, s.subset("test").count) == (30, 100, 500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -381,7 +382,12 @@ def test_predict_agrees_with_evaluate_image_by_image_in_the_runs_precision(tmp_p
 
 def test_predict_scores_and_flags_out_of_class_images_as_the_runs_report(tmp_path):
     """`realmix predict` on the split's unlabelled images (as PNG files) gives the report's scores and, with the cut
-    the run's evaluate chose on its validation images, the report's out_of_class flags."""
+    the run's evaluate chose on its validation images, the report's out_of_class flags.
+
+    Tolerance, stated: predict scores in batches of 256 and the report in batches of 7 (train.eval_batch). In fp32
+    CPU kernels may choose another blocking for another batch size, so the two may differ in the last printed
+    digit (seen on an AVX2-only AMD EPYC: energy -1.464176 vs -1.464175); they agree to 1e-5, and a flag may
+    differ only where the score lies within that of the cut."""
     from realmix.evaluate import evaluate_run
     from realmix.params import ReportParams
 
@@ -406,10 +412,13 @@ def test_predict_scores_and_flags_out_of_class_images_as_the_runs_report(tmp_pat
         res = predict_folder(run / "model.pt", folder, tmp_path / score, progress=False, score=score)
         rows = read_csv(res.csv)
         assert len(rows) == 40
+        cut = json.loads((run / "eval" / "evaluation.json").read_text())["out_of_class"]["cuts"]["msp"]
         for r in rows:
             rep = report[f"unlabel/{int(r['path'][:3])}"]
-            assert (r["msp"], r["energy"], r["predicted"]) == (rep["msp"], rep["energy"], rep["predicted"])
-            if score == "report":  # the report's own score (msp for a supervised run) and cut
+            for name in ("msp", "energy"):
+                assert float(r[name]) == pytest.approx(float(rep[name]), rel=1e-5, abs=1e-5), (r["path"], name)
+            assert r["predicted"] == rep["predicted"]
+            if score == "report" and abs(float(r["msp"]) - cut) > 1e-5:  # the report's own score and cut
                 assert r["out_of_class"] == rep["out_of_class"]
         flagged = sum(int(r["out_of_class"]) for r in rows)
         assert res.flagged == flagged and f"{flagged} of 40 flagged" in res.summary()
