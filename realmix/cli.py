@@ -52,10 +52,10 @@ def _runs(root: Path) -> None:
         if medians.is_file():
             acc = json.loads(medians.read_text())
             precision = acc.get("precision", "?")
-        if precision == "?" and (path.parent.parent / "model.pt").is_file():
-            precision = _run_precision(path.parent.parent / "model.pt")
             last20 = (f"{acc['last20']:.2f}" if acc.get("last20") is not None
                       else f"n/a ({acc.get('evaluations', 0)} evals)")
+        if precision == "?" and (path.parent.parent / "model.pt").is_file():  # not evaluated yet, or long ago
+            precision = _run_precision(path.parent.parent / "model.pt")
         rows.append((str(run), precision, str(m.get("step", "")),
                      *(f"{m.get(s, {}).get('accuracy', float('nan')):.2f}" for s in ("label", "valid", "test")),
                      last20, f"{m.get('raw', {}).get('test', {}).get('accuracy', float('nan')):.2f}"))

@@ -87,8 +87,8 @@ def test_repro_noop_and_partial_rerun(repo):
     assert "fewer than 20 evaluations" in results
     table = run(["realmix", "runs"], repo).stdout.splitlines()
     assert table[0].split()[:3] == ["run", "precision", "images"] and len(table) == 5
-    assert any(r.startswith("realmix/digits_aug2.1@30-100 ") and r.split()[1:3] == [precision, "256"]
-               for r in table)
+    row = next(r for r in table if r.startswith("realmix/digits_aug2.1@30-100 "))
+    assert row.split()[1:3] == [precision, "256"] and "n/a (2 evals)" in row  # evaluated: 2 evaluations
     splits = repo / "data" / "splits"
     s = Store.open(splits / "digits.1@30-100")
     assert (s.subset("label").count, s.subset("valid").count, s.subset("test").count) == (30, 100, 500)
