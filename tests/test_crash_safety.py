@@ -338,7 +338,11 @@ def test_killed_rewrite_leaves_the_previous_output(tmp_path: Path) -> None:
     proc.communicate()
     where = f"REALMIX_CRASH_SEED={seed}: killed {jitter * 1000:.0f} ms into the write"
     assert alive, f"{where}: the split finished before the kill"
-    assert not out.exists() or tree_hash(out) == old, where
+    if out.exists() and tree_hash(out) != old:
+        # alive at the poll, yet past its swap: the kill fell while the process was exiting (seen under load,
+        # REALMIX_CRASH_SEED=2343620175). Then the new split must be whole: never a mix of the two.
+        Store.open(out).verify()
+        assert Store.open(out).subset("valid").count == 100, where
     res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     Store.open(out).verify()
