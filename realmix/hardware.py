@@ -8,6 +8,7 @@ and thread count.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 from torch import nn
@@ -67,7 +68,10 @@ def _onednn_isa_cap() -> str | None:
 
 
 def onednn_below_avx512() -> bool:
-    """Whether oneDNN's CPU convolutions run below AVX-512 here (an AVX2-only CPU, or capped by the environment)."""
+    """Whether oneDNN's CPU convolutions run below AVX-512 here (an x86 CPU with AVX2 only, or capped by the
+    environment). Other architectures have other kernels: False."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
     isa = _onednn_isa_cap()
     if isa is not None:
         return not isa.startswith(("AVX512", "AVX10"))
@@ -80,7 +84,9 @@ def channels_last_crash(model: nn.Module, device: torch.device) -> int | None:
     oneDNN defect (torch 2.13's oneDNN v3.12, seen on AVX2-only CPUs and under ONEDNN_MAX_CPU_ISA=AVX2): the
     backward of a 1x1 stride-2 conv with fewer than 8 input channels on a channels-last input, one thread
     (`brgconv_strided:avx2 backward_data`, e.g. mb4_ic4oc8_ih28oh14kh1sh2) corrupts the heap: a segfault or
-    "double free" a few steps later. WRN's strided shortcut convs have model.filters input channels.
+    "double free" a few steps later. WRN's strided shortcut convs have model.filters input channels. It matches
+    oneDNN issue #6035 (open: the AVX2 1x1 conv's backward writes past its workspace for nhwc, IC < 8, stride 2;
+    segfault with one thread, hangs or wrong weight gradients with more), so the guard ignores the thread count.
     """
     if device.type != "cpu" or not onednn_below_avx512():
         return None

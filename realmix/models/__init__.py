@@ -21,7 +21,8 @@ def to_input(x: Tensor) -> Tensor:
     convs then follow the weights). That keeps `channels_last: false` true to its word, and it avoids a oneDNN
     defect: with a channels-last input, one thread and an AVX2 CPU (no AVX-512), the backward of a 1x1 stride-2
     conv with fewer than 8 input channels (`brgconv_strided:avx2 backward_data`, e.g. mb4_ic4oc8_ih28oh14kh1sh2:
-    WRN's shortcut at model.filters < 8) corrupts the heap (segfault / double free). See `check_channels_last`.
+    WRN's shortcut at model.filters < 8) corrupts the heap (segfault / double free); see
+    `realmix.hardware.channels_last_crash`.
     """
     if x.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {x.dtype}")
