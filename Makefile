@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test test-realdata test-walkthrough lint install clean-venv
+.PHONY: repro test test-avx2 test-realdata test-walkthrough lint install clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+## Run the test suite as an AVX2-only CPU would (oneDNN and ATen capped at AVX2 before torch loads: fp32, AVX2 kernels).
+test-avx2: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 ## Run the real-data tests (Fashion-MNIST from the Debian package dataset-fashion-mnist).
 test-realdata: $(STAMP)
