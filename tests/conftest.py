@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny stores, image folders, and a way to run stage scripts as the user would."""
+"""Shared fixtures (tiny stores, image folders, a project copy) and a way to run stage scripts as the user would.
+Plain helpers shared by the test modules live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -78,6 +79,15 @@ def store(tmp_path: Path) -> Store:
     return make_store(tmp_path / "toy.1@12-6", {
         "label": np.repeat(np.arange(3), 4), "unlabel": rng.integers(0, 3, 40), "valid": np.arange(6) % 3,
         "test": np.arange(9) % 3}, k=3, hw=8)
+
+
+@pytest.fixture
+def source(tmp_path) -> Store:
+    """A 5-class split: classes 0-2 labelled; the unlabelled pool holds classes 1, 2 (in) and 3, 4 (out)."""
+    rng = np.random.default_rng(0)
+    return make_store(tmp_path / "src.1@12-6", {
+        "label": np.repeat(np.arange(3), 4), "unlabel": np.tile(np.arange(5), 8), "valid": np.arange(6) % 3,
+        "test": np.arange(9) % 3, }, k=5, hw=8, seed=int(rng.integers(100)))
 
 
 @pytest.fixture

@@ -10,32 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from realmix.algorithms import Batch, Progress, build_algorithm
-from realmix.models import build_model
+from realmix.algorithms import Progress, build_algorithm
 from realmix.params import MixMatchParams, RealMixParams, SupervisedParams
-
-K = 3
-B = 6
-TINY = {"arch": "wrn", "filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1}
-
-
-def tiny(seed=0, momentum=0.1):
-    return build_model({**TINY, "bn_momentum": momentum}, K, (8, 8, 3), generator=torch.Generator().manual_seed(seed))
-
-
-def toy_batch(b=B, nu=2, seed=0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(b, 3, 8, 8, generator=g) * 2 - 1
-    y = torch.arange(b) % K
-    x = x + 0.8 * y.view(-1, 1, 1, 1).float() - 0.8  # classes are learnable
-    u = tuple(torch.rand(b, 3, 8, 8, generator=g) * 2 - 1 for _ in range(nu))
-    return Batch(x, y, u)
-
-
-def bn_buffers(model):
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
+from tests.helpers import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
     "supervised": SupervisedParams(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import io
 import os
 import shutil
@@ -30,21 +29,10 @@ from realmix.sources import cifar
 from realmix.store import Store
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_folder, make_store, write_image
-from tests.test_sources_archives import _member, cifar10_archive, md5
-from tests.test_train import TINY, tiny_params
+from tests.helpers import TINY, Payload, _member, cifar10_archive, md5, set_params, snapshot, tiny_params
 
 SPLIT = "toy.1@6-6"
 RUN = Path("runs/supervised") / SPLIT
-
-
-def set_params(proj: Path, **sections) -> None:
-    data = yaml.safe_load((proj / "params.yaml").read_text())
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data[section].update(values)
-        else:
-            data[section] = values
-    (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 @pytest.fixture
@@ -68,12 +56,6 @@ def proj(tmp_path: Path) -> Path:
     make_store(proj / "data" / "splits" / SPLIT, {"label": np.arange(6) % 3, "unlabel": rng.integers(0, 3, 20),
                                                   "valid": np.arange(6) % 3, "test": np.arange(9) % 3}, k=3, hw=8)
     return proj
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file and a marker for every directory under root (new empty folders count too)."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
 
 
 # -- how each case breaks the project (returns the realmix arguments to run) ----------------------------------
@@ -196,16 +178,6 @@ def checkpoint_as_model(proj: Path, mp) -> list[str]:
     ckpt.save(proj / RUN / "checkpoints/ckpt-000000000006.pt", trainer.state_dict())
     return ["predict", "--model", str(RUN / "checkpoints/ckpt-000000000006.pt"), "--images", "images",
             "--out", "predictions"]
-
-
-class Payload:
-    """Unpickling this runs Path.touch(marker): a stand-in for arbitrary code in a downloaded file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
 
 
 def pickled_model(proj: Path, mp) -> list[str]:

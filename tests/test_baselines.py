@@ -22,7 +22,7 @@ from realmix.params import (
     VATParams,
     parse,
 )
-from tests.test_algorithms import B, K, bn_buffers, tiny, toy_batch
+from tests.helpers import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
     "supervised_mixup": SupervisedMixUpParams(beta=0.5),

@@ -43,8 +43,7 @@ from realmix import checkpoint as ckpt
 from realmix.store import MANIFEST, Store
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store, run, tree_hash
-from tests.test_resume_kill import live_files, without_timing
-from tests.test_train import state_equal, tiny_params
+from tests.helpers import live_files, state_equal, tiny_params, without_timing
 
 RUN = "runs/supervised/digits.1@30-100"
 # stage -> its outputs (as in dvc.yaml for the params below), in pipeline order; each one is killed once

@@ -20,28 +20,22 @@ from realmix import checkpoint as ckpt
 from realmix import distributed
 from realmix.distributed import Dist
 from realmix.errors import RealmixError
-from realmix.params import parse
 from realmix.store import Store
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store
+from tests.helpers import TINY, state_equal, tiny_params
 
 SPLIT = "toy.1@12-6"
-# global batch 12 = 6 per rank (>= the nu + 1 = 3 interleave groups); 9 steps; reports and checkpoints at 48,
-# 84 and 108 images
-TINY = {
-    "model": {"filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1},
-    "train": {"batch": 12, "train_kimg": 0.1, "report_kimg": 0.04, "save_kimg": 0.04, "keep_ckpt": 3,
-              "augment": "cifar10", "eval_batch": 7, "progress": False, "threads": 1},
-    "realmix": {"warmup_kimg": 0.01},
-    "mixmatch": {"warmup_kimg": 0.01},
+# TINY (tests/helpers.py) with a global batch 12 = 6 per rank (>= the nu + 1 = 3 interleave groups); 9 steps;
+# reports and checkpoints at 48, 84 and 108 images
+DIST = {
+    "train": {"batch": 12, "train_kimg": 0.1, "report_kimg": 0.04, "save_kimg": 0.04, "keep_ckpt": 3},
     "tsa": "linear_schedule",
 }
 
 
-def tiny_params(**train):
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
-    data["train"].update(train)
-    return parse(data)
+def dist_params(**train):
+    return tiny_params(train={**DIST["train"], **train}, tsa=DIST["tsa"])
 
 
 def make_toy(root: Path) -> Store:
@@ -60,7 +54,7 @@ def _worker(rank: int, world: int, root: str, jobs: list[tuple[str, int]]) -> No
     dist.init_process_group("gloo", init_method=f"file://{root_path / 'rendezvous'}", rank=rank, world_size=world)
     try:
         for i, (out, cut_at) in enumerate(jobs):
-            trainer = Trainer(tiny_params(), "realmix", Store.open(root_path / SPLIT), split_seed=1)
+            trainer = Trainer(dist_params(), "realmix", Store.open(root_path / SPLIT), split_seed=1)
             assert trainer.dist == Dist(rank, world, rank) and trainer.local_batch == 12 // world
             calls: list[int] = []  # the image clock at each step: where the job started, where it was cut
             step = trainer.step
@@ -85,10 +79,6 @@ def _worker(rank: int, world: int, root: str, jobs: list[tuple[str, int]]) -> No
         dist.destroy_process_group()
 
 
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.fixture(scope="module")
 def two_procs(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
     """2 processes: an uninterrupted realmix run ("full"); one cut after its checkpoint at 48 images (step 6 of 9,
@@ -97,7 +87,7 @@ def two_procs(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
     root = tmp_path_factory.mktemp("ddp")
     store = make_toy(root)
     # and "from1": the checkpoint at 48 images of a 1-process run, finished in 2 processes
-    Trainer(tiny_params(), "realmix", store, split_seed=1, dist=Dist()).fit(root / "one")
+    Trainer(dist_params(), "realmix", store, split_seed=1, dist=Dist()).fit(root / "one")
     (root / "from1" / "checkpoints").mkdir(parents=True)
     shutil.copy(root / "one" / "checkpoints" / "ckpt-000000000048.pt", root / "from1" / "checkpoints")
     jobs = [("full", 0), ("cut", 6), ("cut", 0), ("from1", 0)]
@@ -110,7 +100,7 @@ def two_procs(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
 def test_two_processes_keep_identical_parameters_and_only_rank0_writes(two_procs):
     root, weights = two_procs
     r0, r1 = weights["full"]
-    assert same(r0["params"], r1["params"]) and same(r0["ema"], r1["ema"])
+    assert state_equal(r0["params"], r1["params"]) and state_equal(r0["ema"], r1["ema"])
     # BN statistics are per rank (no SyncBN): each rank normalised its own share of the batch
     means = [k for k in r0["buffers"] if k.endswith("running_mean")]
     assert means and not all(torch.equal(r0["buffers"][k], r1["buffers"][k]) for k in means)
@@ -122,7 +112,7 @@ def test_two_processes_keep_identical_parameters_and_only_rank0_writes(two_procs
     model = ckpt.load(run / "model.pt", expect=ckpt.MODEL_FORMAT)
     assert model["world_size"] == 2 and model["images"] == 108
     assert [r["step"] for r in model["history"]] == [48, 84, 108]
-    assert same({k: model["raw_model"][k] for k in r0["params"]}, r0["params"])
+    assert state_equal({k: model["raw_model"][k] for k in r0["params"]}, r0["params"])
     rows = (run / "live" / "plots" / "metrics" / "test" / "accuracy.tsv").read_text().splitlines()
     assert [int(r.split()[0]) for r in rows[1:]] == [48, 84, 108]
     state = ckpt.load(run / "checkpoints" / "ckpt-000000000048.pt")
@@ -137,11 +127,11 @@ def test_two_process_run_resumes_bit_identically_in_two_processes(two_procs):
     r0, r1 = weights["resumed"]
     assert [weights["cut"][0][k] for k in ("steps_from", "steps")] == [0, 6]  # cut in its 6th step
     assert [r0[k] for k in ("steps_from", "steps")] == [48, 5]  # resumed from the checkpoint at 48 images
-    assert same(r0["params"], full["params"]) and same(r1["params"], full["params"])
-    assert same(r0["ema"], full["ema"])
+    assert state_equal(r0["params"], full["params"]) and state_equal(r1["params"], full["params"])
+    assert state_equal(r0["ema"], full["ema"])
     a = ckpt.load(root / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)
     b = ckpt.load(root / "cut" / "model.pt", expect=ckpt.MODEL_FORMAT)
-    assert same(a["model"], b["model"]) and [r["step"] for r in b["history"]] == [48, 84, 108]
+    assert state_equal(a["model"], b["model"]) and [r["step"] for r in b["history"]] == [48, 84, 108]
     assert a["metrics"] == {**b["metrics"], "train/images_per_s": a["metrics"]["train/images_per_s"]}
 
 
@@ -149,7 +139,7 @@ def test_one_process_checkpoint_resumes_in_two_processes(two_procs):
     root, weights = two_procs
     r0, r1 = weights["from1"]
     assert [r0[k] for k in ("steps_from", "steps")] == [48, 5]
-    assert same(r0["params"], r1["params"]) and same(r0["ema"], r1["ema"])
+    assert state_equal(r0["params"], r1["params"]) and state_equal(r0["ema"], r1["ema"])
     model = ckpt.load(root / "from1" / "model.pt", expect=ckpt.MODEL_FORMAT)
     assert model["world_size"] == 2 and [r["step"] for r in model["history"]] == [48, 84, 108]
     assert not (root / "from1-rank1").exists()
@@ -161,19 +151,20 @@ def test_two_process_checkpoint_resumes_in_one_process(two_procs, tmp_path, caps
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(root / "full" / "checkpoints" / "ckpt-000000000048.pt", out / "checkpoints")
     store = Store.open(root / SPLIT)
-    res = Trainer(tiny_params(), "realmix", store, split_seed=1, dist=Dist()).fit(out)
+    res = Trainer(dist_params(), "realmix", store, split_seed=1, dist=Dist()).fit(out)
     assert "from ckpt-000000000048.pt (48 images, saved by 2 process(es))" in capsys.readouterr().err
     model = ckpt.load(out / "model.pt", expect=ckpt.MODEL_FORMAT)
     assert model["world_size"] == 1 and model["images"] == 108 and res["step"] == 108
     assert [r["step"] for r in model["history"]] == [48, 84, 108]  # the 2-process evaluation at 48 is kept
     assert all(torch.isfinite(v).all() for v in model["raw_model"].values() if v.is_floating_point())
-    assert not same(model["raw_model"], ckpt.load(root / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)["raw_model"])
+    full_model = ckpt.load(root / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)
+    assert not state_equal(model["raw_model"], full_model["raw_model"])
 
     # the data order is global: one process continues with exactly the images the two ranks would have drawn
     state = ckpt.load(root / "full" / "checkpoints" / "ckpt-000000000048.pt")
     batches = []
     for d in (Dist(), Dist(0, 2, 0), Dist(1, 2, 1)):
-        trainer = Trainer(tiny_params(), "realmix", store, split_seed=1, dist=d)
+        trainer = Trainer(dist_params(), "realmix", store, split_seed=1, dist=d)
         trainer.load_state_dict(state, Path("ckpt"))
         batches.append(trainer.next_batch().y)
     assert torch.equal(batches[0], torch.cat(batches[1:]))
@@ -181,15 +172,15 @@ def test_two_process_checkpoint_resumes_in_one_process(two_procs, tmp_path, caps
 
 def test_global_batch_is_split_between_ranks(tmp_path):
     store = make_toy(tmp_path)
-    one = Trainer(tiny_params(), "mixmatch", store, split_seed=1, dist=Dist())
-    ranks = [Trainer(tiny_params(), "mixmatch", store, split_seed=1, dist=Dist(r, 2, r)) for r in (0, 1)]
+    one = Trainer(dist_params(), "mixmatch", store, split_seed=1, dist=Dist())
+    ranks = [Trainer(dist_params(), "mixmatch", store, split_seed=1, dist=Dist(r, 2, r)) for r in (0, 1)]
     for _ in range(3):  # every step: rank 0 takes the first half of the global batch, rank 1 the second
         b = one.next_batch()
         parts = [t.next_batch() for t in ranks]
         assert torch.equal(b.y, torch.cat([p.y for p in parts]))
         assert [len(p.x) for p in parts] == [6, 6] and all(len(u) == 6 for p in parts for u in p.u)
     # the same weights on every rank, different augmentation and MixUp draws
-    assert same(dict(ranks[0].model.state_dict()), dict(ranks[1].model.state_dict()))
+    assert state_equal(dict(ranks[0].model.state_dict()), dict(ranks[1].model.state_dict()))
     assert ranks[0].aug_gen.initial_seed() != ranks[1].aug_gen.initial_seed()
     assert ranks[0].algo.rng.random() != ranks[1].algo.rng.random()
 
@@ -200,7 +191,7 @@ def test_global_batch_is_split_between_ranks(tmp_path):
 ])
 def test_batch_that_cannot_be_shared(tmp_path, batch, world, message):
     with pytest.raises(RealmixError, match=message):
-        Trainer(tiny_params(batch=batch), "mixmatch", make_toy(tmp_path), split_seed=1, dist=Dist(0, world, 0))
+        Trainer(dist_params(batch=batch), "mixmatch", make_toy(tmp_path), split_seed=1, dist=Dist(0, world, 0))
 
 
 def test_world_from_torchrun_environment(monkeypatch):
@@ -227,7 +218,7 @@ def test_train_command_with_nproc_2_runs_under_torchrun(tmp_path):
     """`realmix train` (what the train stage runs) with train.nproc: 2 relaunches itself in 2 gloo processes."""
     make_toy(tmp_path / "data" / "splits")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, values in TINY.items():
+    for key, values in [*TINY.items(), *DIST.items()]:
         if isinstance(values, dict):
             params[key].update(values)
         else:

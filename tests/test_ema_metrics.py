@@ -14,13 +14,7 @@ from realmix.data_stream import IndexStream
 from realmix.ema import EMA, with_own_bn_stats
 from realmix.errors import RealmixError
 from realmix.metrics import classification_metrics, confusion_matrix
-from realmix.models import build_model
-
-TINY = {"arch": "wrn", "filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1}
-
-
-def tiny(seed=0):
-    return build_model(TINY, 3, (8, 8, 3), generator=torch.Generator().manual_seed(seed))
+from tests.helpers import TINY_ARCH, tiny
 
 
 def perturb(model, seed):
@@ -292,10 +286,10 @@ def test_checkpoint_load_errors(tmp_path):
 
 
 def test_check_compatible(tmp_path):
-    state = {"num_classes": 10, "arch": dict(TINY)}
-    ckpt.check_compatible(state, dict(TINY), 10, tmp_path)
+    state = {"num_classes": 10, "arch": dict(TINY_ARCH)}
+    ckpt.check_compatible(state, dict(TINY_ARCH), 10, tmp_path)
     with pytest.raises(RealmixError, match="10 classes but this run has 6"):
-        ckpt.check_compatible(state, dict(TINY), 6, tmp_path)
+        ckpt.check_compatible(state, dict(TINY_ARCH), 6, tmp_path)
     with pytest.raises(RealmixError, match="model") as e:
-        ckpt.check_compatible(state, {**TINY, "filters": 8}, 10, tmp_path)
+        ckpt.check_compatible(state, {**TINY_ARCH, "filters": 8}, 10, tmp_path)
     assert "'filters': 8" in str(e.value) and "'filters': 4" in str(e.value)

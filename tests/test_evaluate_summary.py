@@ -19,7 +19,7 @@ from realmix.params import parse
 from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, write_summary
 from realmix.train import Trainer
 from tests.conftest import init_repo, make_store, run
-from tests.test_train import tiny_params
+from tests.helpers import tiny_params
 
 
 def test_median_accuracies_hand_worked():

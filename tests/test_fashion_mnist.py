@@ -25,68 +25,26 @@ from realmix.params import DatasetParams
 from realmix.sources import build_dataset, fashion_mnist
 from realmix.sources.fashion_mnist import BASE_URL, CLASS_NAMES, SPECS
 from tests.conftest import ROOT
-from tests.test_bad_inputs import set_params, snapshot
-from tests.test_sources_archives import md5, one_line
+from tests.helpers import (
+    FASHION_COUNTS,
+    debian_gz,
+    idx,
+    install_fashion_mnist,
+    md5,
+    one_line,
+    set_params,
+    snapshot,
+    tiny_contents,
+)
 
-COUNTS = {"train": 20, "test": 10}
 FILES = {"train_images": "train", "train_labels": "train", "test_images": "test", "test_labels": "test"}
-
-
-def idx(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An IDX file of unsigned bytes: big-endian magic 0x0000 08 <ndim>, the uint32 dims, then the data."""
-    magic = 0x0800 + array.ndim if magic is None else magic
-    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return magic.to_bytes(4, "big") + dims + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
-def official_gz(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=9, mtime=0)
-
-
-def debian_gz(data: bytes) -> bytes:
-    """The same contents compressed differently (level, timestamp): another md5, the same content sha256."""
-    return gzip.compress(data, compresslevel=1, mtime=1_591_000_000)
-
-
-def tiny_contents(seed: int = 0) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
-    """The decompressed IDX contents of the four files, and the arrays they hold."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for subset, n in COUNTS.items():
-        arrays[f"{subset}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        arrays[f"{subset}_labels"] = rng.permutation(np.arange(n) % 10).astype(np.uint8)
-    return {k: idx(a) for k, a in arrays.items()}, arrays
-
-
-def install(archive_dir: Path, mp: pytest.MonkeyPatch, form: str = "official",
-            contents: dict[str, bytes] | None = None) -> dict[str, np.ndarray]:
-    """Write the four tiny files into archive_dir in the official or the Debian form, and point SPECS at them.
-
-    official: the spec's md5 is the file's (its content sha256 something else, so only the md5 can pass);
-    debian: the spec's md5 is that of the official compression, and its content sha256 that of the contents.
-    """
-    base, arrays = tiny_contents()
-    contents = {**base, **(contents or {})}
-    archive_dir.mkdir(parents=True, exist_ok=True)
-    for key, spec in SPECS.items():
-        data = contents[key]
-        gz = official_gz(data) if form == "official" else debian_gz(data)
-        (archive_dir / spec.filename).write_bytes(gz)
-        if form == "official":
-            new = dataclasses.replace(spec, md5=md5(gz), content_sha256="0" * 64)
-        else:
-            assert md5(gz) != md5(official_gz(data))
-            new = dataclasses.replace(spec, md5=md5(official_gz(data)),
-                                      content_sha256=hashlib.sha256(data).hexdigest())
-        mp.setitem(SPECS, key, new)
-    return arrays
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("form", ["official", "debian"])
 def test_build_dataset_through_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
     archive_dir = tmp_path / "archives"
-    arrays = install(archive_dir, monkeypatch, form)
+    arrays = install_fashion_mnist(archive_dir, monkeypatch, form)
     before = snapshot(archive_dir)
     decompressed = []
     real = gzip.GzipFile
@@ -103,10 +61,10 @@ def test_build_dataset_through_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert sorted(decompressed) == sorted(s.filename for s in SPECS.values())  # each file decompressed once
     assert store.class_names == CLASS_NAMES
     assert store.image_shape == [28, 28, 1]
-    assert {s: store.subset(s).count for s in store.subsets} == COUNTS
-    for subset in COUNTS:
+    assert {s: store.subset(s).count for s in store.subsets} == FASHION_COUNTS
+    for subset in FASHION_COUNTS:
         images = store.subset(subset).images[:]
-        assert images.shape == (COUNTS[subset], 28, 28, 1) and images.dtype == np.uint8
+        assert images.shape == (FASHION_COUNTS[subset], 28, 28, 1) and images.dtype == np.uint8
         np.testing.assert_array_equal(images[..., 0], arrays[f"{subset}_images"])  # file order kept
         np.testing.assert_array_equal(store.subset(subset).labels, arrays[f"{subset}_labels"].astype(np.int64))
     # Independent of the encoder: byte 16 + i*784 + row*28 + col of the contents is pixel (row, col) of image i.
@@ -180,7 +138,8 @@ class FakeWeb:
 
 
 def test_download_resumes_and_checks_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    official = install(tmp_path / "upstream", monkeypatch, "official")  # the official files, as the server has them
+    # the official files, as the server has them
+    official = install_fashion_mnist(tmp_path / "upstream", monkeypatch, "official")
     web = FakeWeb({s.url: (tmp_path / "upstream" / s.filename).read_bytes() for s in SPECS.values()})
     monkeypatch.setattr(urllib.request, "urlopen", web)
     archive_dir = tmp_path / "archives"
@@ -225,13 +184,13 @@ def proj(tmp_path: Path) -> Path:
 def with_content(key: str, data: bytes, form: str = "official") -> Callable[[Path, pytest.MonkeyPatch], None]:
     """One file's decompressed contents replaced, the checksums made to match it (so the parser sees it)."""
     def setup(proj: Path, mp: pytest.MonkeyPatch) -> None:
-        install(proj / "archives", mp, form, {key: data})
+        install_fashion_mnist(proj / "archives", mp, form, {key: data})
     return setup
 
 
 def truncated(form: str, match_md5: bool) -> Callable[[Path, pytest.MonkeyPatch], None]:
     def setup(proj: Path, mp: pytest.MonkeyPatch) -> None:
-        install(proj / "archives", mp, form)
+        install_fashion_mnist(proj / "archives", mp, form)
         path = proj / "archives" / SPECS["train_images"].filename
         path.write_bytes(path.read_bytes()[:3000])
         if match_md5:  # only a home-made spec can match a truncated file: then the reader meets the damage
@@ -240,13 +199,13 @@ def truncated(form: str, match_md5: bool) -> Callable[[Path, pytest.MonkeyPatch]
 
 
 def wrong_checksum(proj: Path, mp: pytest.MonkeyPatch) -> None:
-    install(proj / "archives", mp, "debian")
+    install_fashion_mnist(proj / "archives", mp, "debian")
     other = tiny_contents(seed=1)[0]["test_images"]  # a valid IDX file, but not the one the specs describe
     (proj / "archives" / SPECS["test_images"].filename).write_bytes(debian_gz(other))
 
 
 def missing(proj: Path, mp: pytest.MonkeyPatch) -> None:
-    install(proj / "archives", mp, "official")
+    install_fashion_mnist(proj / "archives", mp, "official")
     for key in ("train_labels", "test_images"):
         (proj / "archives" / SPECS[key].filename).unlink()
 
@@ -328,7 +287,7 @@ def test_every_stage_at_native_size(proj: Path, monkeypatch: pytest.MonkeyPatch,
     from realmix.store import Store
 
     monkeypatch.chdir(proj)
-    install(proj / "archives", monkeypatch)
+    install_fashion_mnist(proj / "archives", monkeypatch)
     set_params(proj, split={"seeds": [1], "sizes": [10], "nvalid": 2},
                mismatch={"name": "fashion6", "size": 10, "levels": [0], "labelled_classes": [0, 1, 2, 3, 4, 6],
                          "unlabelled_classes": {0: [2, 3, 4, 6]}},

@@ -10,7 +10,7 @@ from realmix import checkpoint as ckpt
 from realmix.errors import RealmixError
 from realmix.params import parse
 from realmix.train import Trainer, pick_fast_path
-from tests.test_train import tiny_params
+from tests.helpers import tiny_params
 
 ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
               "mixmatch", "realmix", "fixmatch", "iomatch"]

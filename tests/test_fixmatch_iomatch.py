@@ -19,8 +19,7 @@ from realmix.ops import one_vs_all_loss, open_targets
 from realmix.params import FixMatchParams, IOMatchParams
 from realmix.train import Trainer
 from tests.conftest import make_store
-from tests.test_algorithms import TINY, tiny, toy_batch
-from tests.test_train import state_equal, tiny_params
+from tests.helpers import TINY_ARCH, state_equal, tiny, tiny_params, toy_batch
 
 K = 3
 
@@ -90,7 +89,7 @@ def test_a_few_steps_reduce_each_loss(name):
     torch.manual_seed(0)
     params = {"fixmatch": FixMatchParams(threshold=0.6),
               "iomatch": IOMatchParams(threshold=0.6, q_cutoff=0.0, open_delay=0.0)}
-    model = build_model({**TINY, "open_heads": 8 if name == "iomatch" else 0}, K, (8, 8, 3),
+    model = build_model({**TINY_ARCH, "open_heads": 8 if name == "iomatch" else 0}, K, (8, 8, 3),
                         generator=torch.Generator().manual_seed(0)).train()
     batch = toy_batch(nu=2)
     algo = build_algorithm(name, params[name], num_classes=K, rng=np.random.default_rng(0))
@@ -183,8 +182,8 @@ def test_iomatch_selects_confident_predicted_inliers_and_trains_the_open_head_on
 
 def test_open_heads_are_part_of_the_network_and_leave_the_plain_network_unchanged():
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    plain = build_model(TINY, K, (8, 8, 3), generator=g())
-    headed = build_model({**TINY, "open_heads": 16}, K, (8, 8, 3), generator=g())
+    plain = build_model(TINY_ARCH, K, (8, 8, 3), generator=g())
+    headed = build_model({**TINY_ARCH, "open_heads": 16}, K, (8, 8, 3), generator=g())
     shared = {k: v for k, v in headed.state_dict().items() if not k.startswith("heads.")}
     assert state_equal(plain.state_dict(), shared)  # same initial weights as before the heads existed
     x = torch.rand(5, 3, 8, 8)

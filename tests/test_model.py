@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from realmix.models import build_model, default_scales, to_input
+from tests.helpers import TINY_ARCH
 
 WRN28_2 = {"arch": "wrn", "filters": 32, "repeat": 4, "scales": 0, "bn_momentum": 0.001}
-TINY = {"arch": "wrn", "filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_default_scales_non_power_of_two_rounds_up_like_the_original_ilog2():
 
 @pytest.mark.parametrize("momentum", [0.001, 0.1])
 def test_batch_norm_eps_and_momentum(momentum):
-    model = build_model({**TINY, "bn_momentum": momentum}, 3, (8, 8, 3))
+    model = build_model({**TINY_ARCH, "bn_momentum": momentum}, 3, (8, 8, 3))
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(bns) == 3
     for m in bns:
@@ -71,14 +71,14 @@ def test_leaky_relu_slope_is_0_1(monkeypatch):
         return original(x, negative_slope, inplace)
 
     monkeypatch.setattr(nn.functional, "leaky_relu", spy)
-    model = build_model({**TINY, "repeat": 2}, 3, (8, 8, 3))
+    model = build_model({**TINY_ARCH, "repeat": 2}, 3, (8, 8, 3))
     model(torch.randn(2, 3, 8, 8))
     assert slopes == [0.1] * (2 * 2 + 1)  # two per residual block, one in the head
 
 
 def test_leaky_relu_slope_numerically():
     """The head on a known input (stem and blocks bypassed): eval-mode BN at init is x / sqrt(1 + eps)."""
-    model = build_model(TINY, 2, (8, 8, 3)).eval()
+    model = build_model(TINY_ARCH, 2, (8, 8, 3)).eval()
     model.stem, model.blocks = nn.Identity(), nn.Identity()
     h = torch.tensor([-2.0, 3.0, -1.0, 0.5]).view(1, 4, 1, 1)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_conv_biases_zero_and_he_fan_out_init(wrn28_2):
 
 def test_generator_seed_determines_weights():
     def weights(seed):
-        return build_model(TINY, 3, (8, 8, 3), generator=torch.Generator().manual_seed(seed)).state_dict()
+        return build_model(TINY_ARCH, 3, (8, 8, 3), generator=torch.Generator().manual_seed(seed)).state_dict()
 
     a, b, c = weights(1), weights(1), weights(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -116,15 +116,15 @@ def test_generator_seed_determines_weights():
 
 
 def test_output_shape_and_scales_from_image_size():
-    model = build_model({**TINY, "scales": 0}, 5, (16, 16, 1))
+    model = build_model({**TINY_ARCH, "scales": 0}, 5, (16, 16, 1))
     assert len(model.blocks) == default_scales(16) * 1
     assert model(torch.randn(4, 1, 16, 16)).shape == (4, 5)
-    assert build_model(TINY, 3, (8, 8, 3))(torch.randn(7, 3, 8, 8)).shape == (7, 3)
+    assert build_model(TINY_ARCH, 3, (8, 8, 3))(torch.randn(7, 3, 8, 8)).shape == (7, 3)
 
 
 def test_unknown_arch_raises():
     with pytest.raises(ValueError, match="arch"):
-        build_model({**TINY, "arch": "convnet"}, 3, (8, 8, 3))
+        build_model({**TINY_ARCH, "arch": "convnet"}, 3, (8, 8, 3))
 
 
 def test_to_input():

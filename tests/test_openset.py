@@ -9,32 +9,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from realmix.evaluate import evaluate_run
 from realmix.inference import Outputs
-from realmix.mismatch import filter_split
 from realmix.openset import admitted_shares, auroc, ood_flags, outlier_scores, pool_metrics
 from realmix.preaugment import original_positions, preaugment
 from realmix.store import Store
 from realmix.summary import RunRef, aggregate, report, write_summary
 from realmix.train import Trainer
-from tests.conftest import make_store
-from tests.test_train import tiny_params
-
-
-@pytest.fixture
-def source(tmp_path) -> Store:
-    """A 5-class split: classes 0-2 labelled; the unlabelled pool holds classes 1, 2 (in) and 3, 4 (out)."""
-    rng = np.random.default_rng(0)
-    return make_store(tmp_path / "src.1@12-6", {
-        "label": np.repeat(np.arange(3), 4), "unlabel": np.tile(np.arange(5), 8), "valid": np.arange(6) % 3,
-        "test": np.arange(9) % 3, }, k=5, hw=8, seed=int(rng.integers(100)))
-
-
-def mismatch(source: Store, out, remap=True) -> Store:
-    return filter_split(source, out, name="m", labelled_classes=[0, 1, 2], unlabelled_classes=[1, 2, 3, 4],
-                        remap=remap, level=50)
+from tests.helpers import Crafted, mismatch, tiny_params
 
 
 def test_ood_flags_follow_the_mismatch_split(source, tmp_path):
@@ -58,23 +41,6 @@ def test_auroc_direction_and_undefined_cases():
     np.testing.assert_allclose(scores["energy"], [-3.0, -1.0])
     np.testing.assert_allclose(scores["open"], [0.2, 0.8])
     assert set(outlier_scores(Outputs(probs, np.zeros(2)))) == {"msp", "energy"}
-
-
-class Crafted(nn.Module):
-    """Closed-set confidence rises with the image's mean brightness; the open head says the opposite."""
-
-    def __init__(self, heads: bool):
-        super().__init__()
-        self.fc = nn.Linear(1, 3)
-        self.heads = object() if heads else None
-
-    def forward(self, x, heads=False):
-        b = x.mean((1, 2, 3))  # [-1, 1]
-        logits = torch.stack([8 * b, torch.zeros_like(b), torch.zeros_like(b)], 1)
-        if not heads:
-            return logits
-        open_ = torch.stack([torch.zeros_like(b)] * 3 + [8 * b], 1)  # bright = out-of-class for this head
-        return logits, None, open_
 
 
 def test_pool_metrics_on_a_crafted_mismatch_split(source, tmp_path):

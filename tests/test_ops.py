@@ -25,8 +25,7 @@ from realmix.ops import (
     tsa_mask,
     tsa_threshold,
 )
-
-TINY = {"arch": "wrn", "filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1}
+from tests.helpers import TINY_ARCH, bn_buffers
 
 
 def t64(values) -> torch.Tensor:
@@ -295,35 +294,30 @@ def test_ood_threshold_mask_is_strict():
 
 
 # -- frozen BN statistics ----------------------------------------------------------------------------------
-def _bn_buffers(model):
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
-
 def test_frozen_bn_stats_leaves_running_stats_bit_identical():
     torch.manual_seed(0)
-    model = build_model(TINY, 3, (8, 8, 3)).train()
+    model = build_model(TINY_ARCH, 3, (8, 8, 3)).train()
     x = torch.randn(6, 3, 8, 8) * 3 + 1
-    before = _bn_buffers(model)
+    before = bn_buffers(model)
     assert len(before) == 3 * 3  # 3 BN layers (block bn1, bn2, head bn)
     with frozen_bn_stats(model):
         out_frozen = model(x)
         out_frozen.sum().backward()  # gradients still flow
-    after = _bn_buffers(model)
+    after = bn_buffers(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert [m.momentum for m in bns] == [0.1] * 3
     # the same forward outside the context uses the same batch statistics but updates the running ones
     out = model(x)
     torch.testing.assert_close(out, out_frozen)
-    changed = _bn_buffers(model)
+    changed = bn_buffers(model)
     for k in before:
         assert not torch.equal(before[k], changed[k]), k
     assert all(changed[k].item() == 1 for k in changed if k.endswith("num_batches_tracked"))
 
 
 def test_frozen_bn_stats_restores_momentum_after_an_error():
-    model = build_model(TINY, 3, (8, 8, 3)).train()
+    model = build_model(TINY_ARCH, 3, (8, 8, 3)).train()
     with pytest.raises(RuntimeError), frozen_bn_stats(model):
         assert all(m.momentum == 0 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
         raise RuntimeError("boom")

@@ -13,16 +13,10 @@ import pytest
 import yaml
 
 from tests.conftest import run
+from tests.helpers import set_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 RUN = "runs/supervised/digits.1@30-100"  # metrics/<RUN>/accuracy.json: its DVC metrics
-
-
-def set_params(proj: Path, **sections) -> None:
-    data = yaml.safe_load((proj / "params.yaml").read_text())
-    for section, values in sections.items():
-        data[section].update(values)
-    (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def wait_for_queue(repo: Path, timeout: float = 900) -> str:

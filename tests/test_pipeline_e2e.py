@@ -8,21 +8,14 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
 from realmix import checkpoint as ckpt
 from realmix.hardware import describe_device, pick_precision, precision_name
 from realmix.store import Store
 from tests.conftest import init_repo, run
+from tests.helpers import set_params
 
 pytestmark = pytest.mark.e2e
-
-
-def set_params(proj, **sections):
-    data = yaml.safe_load((proj / "params.yaml").read_text())
-    for section, values in sections.items():
-        data[section].update(values)
-    (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 # the runs the `repo` fixture plans

@@ -19,7 +19,7 @@ from realmix.models import build_model
 from realmix.predict import PredictResult, predict_folder
 from realmix.train import Trainer
 from tests.conftest import make_store, tree_hash, write_image
-from tests.test_train import tiny_params
+from tests.helpers import tiny_params
 
 COMMA = 'x, "quoted".png'
 # relative path -> true class ("" = none) of the folder `make_images` writes

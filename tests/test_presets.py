@@ -11,9 +11,8 @@ import yaml
 
 from realmix import params, pipeline
 from realmix.sources import cifar, fashion_mnist, svhn
-from tests import test_fashion_mnist
 from tests.conftest import ROOT
-from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
+from tests.helpers import FASHION_COUNTS, cifar10_archive, install_fashion_mnist, md5, svhn_mat
 
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
@@ -108,8 +107,8 @@ def test_svhn_preset_at_toy_size(in_tmp, monkeypatch):
 
 def test_fashion_presets_at_toy_size(in_tmp, monkeypatch):
     """The 10-class benchmark and the mismatch study of Fashion-MNIST on tiny IDX files (28 x 28 x 1)."""
-    monkeypatch.setitem(test_fashion_mnist.COUNTS, "train", 100)  # room for 20 labels, 10 validation, a pool
-    test_fashion_mnist.install(in_tmp / "archives", monkeypatch)
+    monkeypatch.setitem(FASHION_COUNTS, "train", 100)  # room for 20 labels, 10 validation, a pool
+    install_fashion_mnist(in_tmp / "archives", monkeypatch)
     p = toy(ROOT / "presets" / "fashion.yaml", in_tmp, seeds=[1], sizes=[20], nvalid=10)
     store = pipeline.download(p)
     assert store.image_shape == [28, 28, 1] and store.class_names == fashion_mnist.CLASS_NAMES

@@ -24,8 +24,7 @@ from realmix.splits import create_split
 from realmix.store import Store, StoreWriter
 from realmix.train import Trainer
 from tests.conftest import make_store
-from tests.test_openset import Crafted, mismatch, source  # noqa: F401  (fixture)
-from tests.test_train import tiny_params
+from tests.helpers import Crafted, mismatch, tiny_params
 
 
 def test_the_cut_keeps_the_asked_share_of_validation_images():

@@ -26,14 +26,13 @@ from realmix import params
 from realmix.store import Store
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store
-from tests.test_train import TINY, state_equal
+from tests.helpers import TINY, live_files, state_equal, without_timing
 
 DATA = "toy.1@12-6"
 ALGORITHM = "realmix"  # MixMatch + TSA + OOD mask: every generator of the loop is in use
 RUN = Path("runs") / ALGORITHM / DATA
 CMD = [sys.executable, "-m", "realmix.cli", "train", "--algorithm", ALGORITHM, "--data", DATA]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-TIMING = "train/images_per_s"  # wall-clock throughput: the one logged value that may differ between runs
 
 
 def make_project(work: Path) -> Path:
@@ -92,17 +91,6 @@ def kill(proc: subprocess.Popen) -> bool:
 
 def checkpoints(work: Path) -> list[str]:
     return [p.name for p in ckpt.CheckpointDir(work / RUN / "checkpoints", 1).list()]
-
-
-def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != TIMING}
-
-
-def live_files(run_dir: Path) -> dict[str, bytes]:
-    """Every dvclive history file of a run (metric name -> bytes), minus the wall-clock throughput."""
-    root = run_dir / "live" / "plots"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.tsv"))
-            if not str(p).endswith("images_per_s.tsv")}
 
 
 def test_sigkill_at_random_points_resumes_bit_identical(tmp_path: Path) -> None:

@@ -27,9 +27,7 @@ from realmix.predict import predict_folder
 from realmix.sources import archive, build_dataset, cifar, svhn
 from realmix.train import Trainer
 from tests.conftest import ROOT, init_repo, run, write_image
-from tests.test_bad_inputs import Payload
-from tests.test_sources_archives import cifar10_archive, md5, svhn_mat
-from tests.test_train import tiny_params
+from tests.helpers import Payload, cifar10_archive, md5, svhn_mat, tiny_params
 
 SOURCES = sorted(p for d in ("realmix", "stages", "benchmarks") for p in (ROOT / d).rglob("*.py"))
 UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}

@@ -7,7 +7,6 @@ exercised against a local HTTP server that supports Range requests.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import tarfile
 import threading
@@ -17,58 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.io import savemat
 
 from realmix.errors import RealmixError
 from realmix.params import DatasetParams
 from realmix.sources import build_dataset, cifar, stl10, svhn
 from realmix.sources.archive import ArchiveSpec, fetch, open_tar, verify_md5
-
-C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg and "\r" not in msg
-    return msg
-
-
-def write_tar(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
-    with tarfile.open(path, mode) as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def rand_images(rng: np.random.Generator, n: int, side: int = 32) -> np.ndarray:
-    return rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
-
+from tests.helpers import C10_NAMES, _member, cifar10_archive, md5, one_line, rand_images, svhn_mat, write_tar
 
 # -- CIFAR ---------------------------------------------------------------------------------------------
-
-
-def cifar10_archive(path: Path, rng: np.random.Generator) -> tuple[Path, dict]:
-    """5 training batches of 10 images (one per class, shuffled) and a 20-image test batch."""
-    truth: dict[str, list] = {"train": [], "test": []}
-    files = {}
-    for name, n, subset in [(f"data_batch_{i}.bin", 10, "train") for i in range(1, 6)] + [
-        ("test_batch.bin", 20, "test")
-    ]:
-        images = rand_images(rng, n)
-        labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
-        truth[subset].append((images, labels))
-        records = np.concatenate([labels[:, None], images.transpose(0, 3, 1, 2).reshape(n, -1)], axis=1)
-        files[f"cifar-10-batches-bin/{name}"] = records.tobytes()
-    files["cifar-10-batches-bin/batches.meta.txt"] = ("\n".join(C10_NAMES) + "\n\n").encode()
-    files["cifar-10-batches-bin/readme.html"] = b"<html></html>"
-    write_tar(path, files)
-    return path, {k: tuple(np.concatenate(parts) for parts in zip(*v, strict=True)) for k, v in truth.items()}
 
 
 def collect(chunks) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +104,6 @@ def test_cifar10_build_dataset_through_fetch(tmp_path: Path, monkeypatch: pytest
 
 
 # -- SVHN ----------------------------------------------------------------------------------------------
-
-
-def svhn_mat(path: Path, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    y = (np.arange(n) % 10 + 1).astype(np.uint8)  # 1..10, 10 = digit 0
-    savemat(path, {"X": x, "y": y[:, None]})
-    return x, y
 
 
 def test_svhn_reader_orientation_and_label_10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,15 +207,6 @@ def test_stl10_build_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 # -- tar safety and damage -----------------------------------------------------------------------------
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    data = b"x" if kind == tarfile.REGTYPE else b""
-    info.size = len(data)
-    return info, data
 
 
 @pytest.mark.parametrize(

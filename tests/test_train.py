@@ -17,31 +17,9 @@ import yaml
 
 from realmix import checkpoint as ckpt
 from realmix.errors import RealmixError
-from realmix.params import parse
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store
-
-TINY = {
-    "model": {"filters": 4, "repeat": 1, "scales": 1, "bn_momentum": 0.1},
-    "train": {"batch": 6, "train_kimg": 0.05, "report_kimg": 0.02, "save_kimg": 0.02, "keep_ckpt": 2,
-              "augment": "cifar10", "eval_batch": 7, "progress": False, "threads": 1},
-    "mixmatch": {"warmup_kimg": 0.01},
-    "realmix": {"warmup_kimg": 0.01},
-}
-
-
-def tiny_params(**over):
-    data = {k: dict(v) for k, v in TINY.items()}
-    for key, value in over.items():
-        if isinstance(value, dict):
-            data.setdefault(key, {}).update(value)
-        else:
-            data[key] = value
-    return parse(data)
-
-
-def state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+from tests.helpers import TINY, state_equal, tiny_params
 
 
 @pytest.mark.parametrize("algorithm", ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher",
