@@ -104,6 +104,7 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     labels = test.labels
     # the precision the run was trained and evaluated in, so this agrees with the training loop's last figure
     amp = run_precision(meta)
+    produced = produced_by(meta, precision_name(amp))
     probs = predict_proba(model, test.images, batch=batch, autocast_dtype=amp)
     known = labels >= 0
     if not known.any():
@@ -111,14 +112,13 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     k = len(store.class_names)
     result: dict[str, Any] = {
         "run": str(run_dir), "data": store.name, "algorithm": meta["algorithm"], "images": int(known.sum()),
-        "trained_images": meta["images"], "weights": "ema", **produced_by(meta, precision_name(amp)),
+        "trained_images": meta["images"], "weights": "ema", **produced,
         **classification_metrics(probs[known], labels[known], store.class_names),
         "confusion_matrix": {"classes": store.class_names,
                              "counts": confusion_matrix(labels[known], probs[known].argmax(1), k).tolist()},
     }
     history = meta.get("history", [])
-    medians = {"run": str(run_dir), **produced_by(meta, precision_name(amp)),
-               **median_accuracies(accuracy_history(history))}
+    medians = {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
     pool = score_pool(model, store, batch=batch, autocast_dtype=amp)
     open_set = pool_metrics(model, store, history, scored=pool)
     if open_set is not None:
