@@ -73,8 +73,8 @@ class FastPath:
 
 def pick_fast_path(t: TrainParams, device: torch.device, model: torch.nn.Module | None = None) -> FastPath:
     """`auto` means on for CUDA and off elsewhere, except channels_last: on for CPUs too (measured faster on AVX2
-    and AVX512-BF16 CPUs, README "CPU fast path"), but off where it would meet oneDNN's crash with `model`
-    (hardware.channels_last_crash), where `true` is refused. Pinned memory needs CUDA."""
+    and AVX512-BF16 CPUs: docs/benchmarks.md, "The CPU fast path"), but off where it would meet oneDNN's crash
+    with `model` (hardware.channels_last_crash), where `true` is refused. Pinned memory needs CUDA."""
     cuda = device.type == "cuda"
     if t.pin_memory is True and not cuda:
         raise RealmixError("params: train.pin_memory=true needs a CUDA device (page-locked memory feeds GPU "

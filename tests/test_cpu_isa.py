@@ -142,9 +142,9 @@ def test_every_conv_sees_nchw_memory_unless_channels_last_is_on(store):
 
 
 def test_channels_last_auto_is_on_for_cpus_unless_it_meets_the_crash(store, monkeypatch):
-    """auto: channels-last on CPUs (measured faster, README "CPU fast path"); NCHW for a narrow WRN where oneDNN
-    runs below AVX-512; `true` there is refused in one line. The ISA is faked here (the subprocess tests above
-    run the real AVX2 kernels)."""
+    """auto: channels-last on CPUs (measured faster: docs/benchmarks.md, "The CPU fast path"); NCHW for a narrow WRN
+    where oneDNN runs below AVX-512; `true` there is refused in one line. The ISA is faked here (the subprocess
+    tests above run the real AVX2 kernels)."""
     from realmix import hardware
     from realmix.errors import RealmixError
     from realmix.params import parse

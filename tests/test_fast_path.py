@@ -20,7 +20,7 @@ def test_auto_is_on_for_cuda_and_off_for_cpu_but_channels_last():
     t = parse({}).train
     on = pick_fast_path(t, torch.device("cuda"))
     assert (on.channels_last, on.fused_adam, on.pin_memory, on.compile) == (True, True, True, False)
-    off = pick_fast_path(t, torch.device("cpu"))  # channels-last measured faster on CPUs too (README)
+    off = pick_fast_path(t, torch.device("cpu"))  # channels-last measured faster on CPUs too (docs/benchmarks.md)
     assert (off.channels_last, off.fused_adam, off.pin_memory, off.compile) == (True, False, False, False)
     forced = pick_fast_path(parse({"train": {"channels_last": True, "fused_adam": True, "compile": True}}).train,
                             torch.device("cpu"))
