@@ -24,7 +24,8 @@ on CUDA also its fraction of the GPU's dense bf16 peak (a table by device name; 
 breakdown from a second loop that mirrors `Trainer.step()` with a timer around each sub-call: augmentation
 (next_batch: sampling + augmentation + to_input), forward (algo.train_step: the guessing forwards, MixUp, the
 training forwards and the losses; the model's own forward time is split into no-grad guessing and training
-forwards with hooks), backward, Adam + decay, EMA. Compile time is spent in the warm-up steps.
+forwards with hooks), backward, Adam + decay, EMA. Compile time is spent in the warm-up steps, whose total each
+measurement prints (`warm-up ... s`; with a fresh TORCHINDUCTOR_CACHE_DIR the first compiled one compiles cold).
 """
 
 from __future__ import annotations
@@ -177,16 +178,19 @@ def clock_for(trainer: Trainer) -> Callable[[], float]:
     return clock
 
 
-def full_steps(trainer: Trainer, warmup: int, steps: int) -> list[float]:
+def full_steps(trainer: Trainer, warmup: int, steps: int) -> tuple[float, list[float]]:
+    """(the warm-up steps' total time, which holds a compile's one-off cost; each timed step's time)."""
     clock = clock_for(trainer)
+    t0 = clock()
     for _ in range(warmup):
         trainer.step()
+    warm = clock() - t0
     times = []
     for _ in range(steps):
         t0 = clock()
         trainer.step()
         times.append(clock() - t0)
-    return times
+    return warm, times
 
 
 def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list[float]]:
@@ -227,9 +231,10 @@ def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list
 
 def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, object]:
     trainer = make_trainer(store, algorithm, args, overrides)
-    times = full_steps(trainer, args.warmup, args.steps)
+    warm, times = full_steps(trainer, args.warmup, args.steps)
     result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
-                                 "resolved": describe(trainer), "views": trainer.algo.views * trainer.algo.mu}
+                                 "warmup": warm, "resolved": describe(trainer),
+                                 "views": trainer.algo.views * trainer.algo.mu}
     if not args.no_breakdown:
         parts = breakdown_steps(trainer, args.warmup, args.steps)
         result["parts"] = {k: statistics.median(v) for k, v in parts.items()}
@@ -299,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((algorithm, label, results))
                 med = statistics.median(r["median"] for r in results)  # type: ignore[misc]
                 print(f"  {algorithm:<10} {label:<{width}} [{results[0]['resolved']}] "
-                      + " ".join(f"{r['median']:.3f}" for r in results) + f"  -> {med:.3f} s", flush=True)
+                      + " ".join(f"{r['median']:.3f}" for r in results) + f"  -> {med:.3f} s; warm-up "
+                      + " ".join(f"{r['warmup']:.1f}" for r in results) + " s", flush=True)
 
     print()
     print(f"{'algorithm':<11}{'configuration':<{width + 1}}{'median s/step':>14}{'min':>8}{'max':>8}"
