@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from realmix.inference import load_model, run_precision  # noqa: E402
+from realmix.inference import load_model  # noqa: E402
 from realmix.openset import auroc, outlier_scores, score_pool  # noqa: E402
 from realmix.store import Store  # noqa: E402
 
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         m = LEVEL.search(split)
         if m is None or int(m[1]) not in args.levels:
             continue
-        model, meta = load_model(path, "ema")
+        model, record = load_model(path, "ema")
         pool = score_pool(model, Store.open(args.root / "data" / "splits" / split), batch=500,
-                          autocast_dtype=run_precision(meta))
+                          autocast_dtype=record.autocast_dtype)
         key = (algorithm + ("(aug)" if m[2] else ""), int(m[1]))
         results.setdefault(key, []).append({k: auroc(s, pool.ood) for k, s in outlier_scores(pool.outputs).items()})
     if not results:

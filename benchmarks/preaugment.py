@@ -139,10 +139,10 @@ def train_steps(stores: dict[str, Store], args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     reads: dict[str, list[float]] = {s: [] for s in trainers}
     for _ in range(50):
-        idx = rng.integers(0, len(trainers["virtual"].unlabel_bank), 128)
+        idx = rng.integers(0, len(trainers["virtual"].feed.unlabel_bank), 128)
         for s, t in trainers.items():
             t0 = time.perf_counter()
-            t.unlabel_bank.gather(idx, torch.from_numpy(idx))
+            t.feed.unlabel_bank.gather(idx, torch.from_numpy(idx))
             reads[s].append(time.perf_counter() - t0)
     print("  pool read per step (128 positions, median of 50): "
           + ", ".join(f"{s} {statistics.median(r) * 1e3:.2f} ms" for s, r in reads.items()))

@@ -21,11 +21,13 @@ over --steps steps after --warmup warm-up steps, labelled images/s (batch / medi
 + unlabelled views), the ratio to the first configuration, and the achieved FLOP/s: the FLOPs of one step
 (torch.utils.flop_counter, forward + backward, counted once per algorithm in fp32 eager) / the median time;
 on CUDA also its fraction of the GPU's dense bf16 peak (a table by device name; n/a when unknown). Then a
-breakdown from a second loop that mirrors `Trainer.step()` with a timer around each sub-call: augmentation
-(next_batch: sampling + augmentation + to_input), forward (algo.train_step: the guessing forwards, MixUp, the
-training forwards and the losses; the model's own forward time is split into no-grad guessing and training
-forwards with hooks), backward, Adam + decay, EMA. Compile time is spent in the warm-up steps, whose total each
-measurement prints (`warm-up ... s`; with a fresh TORCHINDUCTOR_CACHE_DIR the first compiled one compiles cold).
+breakdown from more `Trainer.step()` calls with a timer around each of the step's parts: augmentation
+(feed.next_batch: sampling + augmentation + to_input), forward (Trainer.losses, the algorithm's step: the guessing
+forwards, MixUp, the training forwards and the losses; the model's own forward time is split into no-grad
+guessing and training forwards with hooks), backward (Trainer.backward), optimiser + decay (optim.apply), EMA
+(ema.update) and the rest of the step (NaN check, window sums). Compile time is spent in the warm-up steps, whose
+total each measurement prints (`warm-up ... s`; with a fresh TORCHINDUCTOR_CACHE_DIR the first compiled one
+compiles cold).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from realmix.algorithms import ALGORITHMS, Progress  # noqa: E402
+from realmix.algorithms import ALGORITHMS  # noqa: E402
 from realmix.params import parse  # noqa: E402
 from realmix.store import Store, StoreWriter  # noqa: E402
 from realmix.train import Trainer  # noqa: E402
@@ -135,9 +137,9 @@ def step_flops(store: Store, algorithm: str, args: argparse.Namespace) -> int:
 
 
 def describe(trainer: Trainer) -> str:
-    f = trainer.fast
-    on = [k for k, v in dataclasses.asdict(f).items() if v]
-    return f"{str(trainer.autocast_dtype or torch.float32).removeprefix('torch.')} " + ("+".join(on) or "plain")
+    rt = trainer.runtime
+    on = [k for k, v in dataclasses.asdict(rt.fast).items() if v]
+    return f"{str(rt.autocast_dtype or torch.float32).removeprefix('torch.')} " + ("+".join(on) or "plain")
 
 
 class ForwardTimer:
@@ -168,7 +170,7 @@ class ForwardTimer:
 
 def clock_for(trainer: Trainer) -> Callable[[], float]:
     """perf_counter, after waiting for queued GPU work on CUDA (else a step would time only its launch)."""
-    if trainer.device.type != "cuda":
+    if trainer.runtime.device.type != "cuda":
         return time.perf_counter
 
     def clock() -> float:
@@ -194,37 +196,41 @@ def full_steps(trainer: Trainer, warmup: int, steps: int) -> tuple[float, list[f
 
 
 def breakdown_steps(trainer: Trainer, warmup: int, steps: int) -> dict[str, list[float]]:
-    """A loop mirroring Trainer.step() with perf_counter around each sub-call."""
+    """`Trainer.step()` itself, with a timer around each of its parts (the feed's next batch, the algorithm's
+    losses, the backward, the optimiser and decay, the EMA update); "other" is the rest of the step."""
     fwd = ForwardTimer(trainer.model)
-    parts: dict[str, list[float]] = {k: [] for k in (*PARTS, "model fwd (guess)", "model fwd (train)", "total")}
     clock = clock_for(trainer)
+    spent: dict[str, float] = {}
+
+    def timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] = spent.get(part, 0.0) + clock() - t0
+        return call
+
+    # instance attributes shadow the methods the step calls, so the step runs as it is, timed part by part
+    for part, owner, name in (("augment", trainer.feed, "next_batch"), ("forward", trainer, "losses"),
+                              ("backward", trainer, "backward"), ("optim+decay", trainer.optim, "apply"),
+                              ("ema", trainer.ema, "update")):
+        setattr(owner, name, timed(part, getattr(owner, name)))
+    parts: dict[str, list[float]] = {k: [] for k in (*PARTS, "model fwd (guess)", "model fwd (train)", "total")}
     for i in range(warmup + steps):
         fwd.reset()
+        spent.clear()
         t0 = clock()
-        batch = trainer.next_batch()
-        t1 = clock()
-        with trainer.autocast():
-            out = trainer.algo.train_step(trainer.model, batch, Progress(trainer.images, trainer.total))
-        t2 = clock()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        t3 = clock()
-        out.loss.backward()
-        trainer._check_finite(out.loss.detach())
-        t4 = clock()
-        trainer.optimizer_step()
-        t5 = clock()
-        trainer.ema.update()
-        t6 = clock()
-        trainer.images += trainer.batch
-        trainer._accumulate(out)
-        t7 = clock()
+        trainer.step()
+        total = clock() - t0
         if i < warmup:
             continue
-        for k, v in zip(PARTS, (t1 - t0, t2 - t1, t4 - t3, t5 - t4, t6 - t5, (t3 - t2) + (t7 - t6)), strict=True):
-            parts[k].append(v)
+        for k in PARTS[:-1]:
+            parts[k].append(spent[k])
+        parts["other"].append(total - sum(spent.values()))
         parts["model fwd (guess)"].append(fwd.guess)
         parts["model fwd (train)"].append(fwd.train)
-        parts["total"].append(t7 - t0)
+        parts["total"].append(total)
     fwd.remove()
     return parts
 

@@ -2,23 +2,28 @@
 
 A run directory keeps its last `keep` checkpoints as `checkpoints/ckpt-<images>.pt` (the step clock in images,
 zero-padded so names sort). A checkpoint that fails to load (e.g. a file truncated by a crash outside our
-atomic write) is skipped in favour of the previous one. The final model of a run is `model.pt`: the EMA and raw
-weights plus what is needed to rebuild the network (arch, class names, image shape).
+atomic write) is skipped in favour of the previous one. The final model of a run is `model.pt`, a `ModelRecord`:
+the EMA and raw weights plus what is needed to rebuild the network (arch, class names, image shape) and what
+produced its figures (precision, hardware, threads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import atomic
 from .errors import RealmixError
+from .hardware import PRECISIONS
 
 CKPT_FORMAT = "realmix-checkpoint/1"
 MODEL_FORMAT = "realmix-model/1"
@@ -60,6 +65,77 @@ def load(path: str | os.PathLike, *, expect: str = CKPT_FORMAT) -> dict[str, Any
         raise RealmixError(
             f"{path}: not a realmix {expect.split('/')[0].split('-')[1]} file (format {found!r}); {fix}")
     return state
+
+
+@dataclass
+class ModelRecord:
+    """A run's `model.pt` (format realmix-model/1), read and written here only.
+
+    On disk it is a plain dict (loaded with weights_only); the precision is stored as the autocast dtype's name
+    ("torch.bfloat16" / "torch.float32") as every earlier version wrote it. Fields an older file lacks get their
+    defaults (None: not recorded)."""
+
+    algorithm: str
+    data: str  # the split store's name
+    arch: dict[str, Any]
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int, int, int] | list[int]  # H, W, C
+    images: int  # labelled images seen (the run's clock)
+    precision: str  # "bf16" | "fp32": what its forwards computed in (hardware.PRECISIONS)
+    model: dict[str, Tensor]  # the EMA weights, as evaluated (BN statistics per `ema_bn`)
+    raw_model: dict[str, Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)  # every evaluation; `evaluate` takes medians
+    hardware: str | None = None  # hardware.describe_device; with precision and threads, what made the figures
+    threads: int | None = None
+    fast_path: dict[str, bool] = field(default_factory=dict)
+    world_size: int = 1
+    fingerprint: str | None = None
+    ema_bn: str | None = None  # how the EMA model's BN statistics were made (train.ema_bn)
+
+    INPUT = "uint8 NCHW -> x * 2/255 - 1"  # how the network reads images (models.to_input)
+    _DTYPE_NAMES = {str(torch.float32): "fp32", str(torch.bfloat16): "bf16"}
+    _REQUIRED = ("algorithm", "data", "arch", "num_classes", "class_names", "image_shape", "images", "model",
+                 "raw_model")
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype the run trained and was evaluated in (None: float32); `evaluate` and
+        `realmix predict` compute in it, so they agree with the loop's last evaluation image by image."""
+        return PRECISIONS[self.precision]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's content, keys in the order every version wrote them."""
+        dtype = PRECISIONS[self.precision] or torch.float32
+        return {
+            "format": MODEL_FORMAT, "algorithm": self.algorithm, "data": self.data, "arch": self.arch,
+            "num_classes": self.num_classes, "class_names": self.class_names, "image_shape": self.image_shape,
+            "input": self.INPUT, "images": self.images, "precision": str(dtype), "hardware": self.hardware,
+            "threads": self.threads, "fast_path": self.fast_path, "world_size": self.world_size,
+            "fingerprint": self.fingerprint, "model": self.model, "ema_bn": self.ema_bn, "raw_model": self.raw_model,
+            "metrics": self.history[-1] if self.history else {}, "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], path: str | os.PathLike) -> ModelRecord:
+        missing = [k for k in cls._REQUIRED if k not in state]
+        if missing:
+            raise RealmixError(f"{path}: model file lacks {', '.join(missing)}; it is damaged: retrain the run")
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in state.items() if k in names and v is not None}
+        known["precision"] = cls._DTYPE_NAMES.get(state.get("precision"), "fp32")  # absent in the oldest: fp32
+        return cls(**known)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelRecord:
+        return cls.from_dict(load(path, expect=MODEL_FORMAT), path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save(path, self.to_dict())
 
 
 def check_compatible(state: dict[str, Any], arch: dict, num_classes: int, path: str | os.PathLike) -> None:

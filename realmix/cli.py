@@ -28,11 +28,9 @@ def _datasets(root: Path) -> None:
 
 def _run_precision(model_path: Path) -> str:
     """bf16 or fp32: what a finished run trained in (its model.pt)."""
-    from . import checkpoint as ckpt
-    from .hardware import precision_name
-    from .inference import run_precision
+    from .checkpoint import ModelRecord
 
-    return precision_name(run_precision(ckpt.load(model_path, expect=ckpt.MODEL_FORMAT)))
+    return ModelRecord.load(model_path).precision
 
 
 def _runs(root: Path) -> None:

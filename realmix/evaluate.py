@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import atomic
+from .checkpoint import ModelRecord
 from .errors import RealmixError
 from .metrics import classification_metrics, confusion_matrix
 from .openset import pool_metrics, score_pool
@@ -64,12 +65,12 @@ def predictions_csv(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     return buf.getvalue()
 
 
-def produced_by(meta: dict[str, Any], precision: str) -> dict[str, Any]:
+def produced_by(record: ModelRecord) -> dict[str, Any]:
     """What computed a run's figures (model.pt): the precision it trained and evaluated in ("bf16" / "fp32"),
     the hardware ("cpu AVX2", "cpu AVX512", "cuda <GPU>") and its torch threads. Figures of one recipe differ
     between precisions (and may between CPU kinds), so every figure file carries them."""
-    out = {"precision": precision, "hardware": meta.get("hardware", "not recorded (an older model.pt)")}
-    return out | ({"threads": meta["threads"]} if "threads" in meta else {})
+    out = {"precision": record.precision, "hardware": record.hardware or "not recorded (an older model.pt)"}
+    return out | ({"threads": record.threads} if record.threads is not None else {})
 
 
 def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | os.PathLike, *, batch: int = 256,
@@ -85,39 +86,39 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     report flagged). Returns the evaluation dict.
     """
     from .charts import training_curves
-    from .hardware import pick_device, precision_name
-    from .inference import load_model, predict_outputs, predict_proba, run_precision
+    from .hardware import pick_device
+    from .inference import load_model, predict_outputs, predict_proba
     from .report import write_report
 
     report = report or ReportParams()
 
     run_dir = Path(run_dir)
     model_path = run_dir / "model.pt"
-    model, meta = load_model(model_path, "ema", pick_device(device))
-    if meta["class_names"] != store.class_names:
+    model, record = load_model(model_path, "ema", pick_device(device))
+    if record.class_names != store.class_names:
         raise RealmixError(
-            f"{model_path}: trained on classes {meta['class_names']} but {store.path} has {store.class_names}; "
+            f"{model_path}: trained on classes {record.class_names} but {store.path} has {store.class_names}; "
             "evaluate a run on the split it was trained on (retrain it with `dvc repro`)")
     if not store.has("test") or store.subset("test").count == 0:
         raise RealmixError(f"{store.path}: no test images to evaluate on")
     test = store.subset("test")
     labels = test.labels
     # the precision the run was trained and evaluated in, so this agrees with the training loop's last figure
-    amp = run_precision(meta)
-    produced = produced_by(meta, precision_name(amp))
+    amp = record.autocast_dtype
+    produced = produced_by(record)
     probs = predict_proba(model, test.images, batch=batch, autocast_dtype=amp)
     known = labels >= 0
     if not known.any():
         raise RealmixError(f"{store.path}: the test images have no known classes; nothing to score")
     k = len(store.class_names)
     result: dict[str, Any] = {
-        "run": str(run_dir), "data": store.name, "algorithm": meta["algorithm"], "images": int(known.sum()),
-        "trained_images": meta["images"], "weights": "ema", **produced,
+        "run": str(run_dir), "data": store.name, "algorithm": record.algorithm, "images": int(known.sum()),
+        "trained_images": record.images, "weights": "ema", **produced,
         **classification_metrics(probs[known], labels[known], store.class_names),
         "confusion_matrix": {"classes": store.class_names,
                              "counts": confusion_matrix(labels[known], probs[known].argmax(1), k).tolist()},
     }
-    history = meta.get("history", [])
+    history = record.history
     medians = {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
     pool = score_pool(model, store, batch=batch, autocast_dtype=amp)
     open_set = pool_metrics(model, store, history, scored=pool)
@@ -133,7 +134,7 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     with atomic.atomic_path(out, directory=True) as tmp:
         np.save(tmp / "predictions.npy", probs.astype(np.float32))
         (tmp / "predictions.csv").write_text(predictions_csv(labels, probs, store.class_names))
-        training_curves(history, tmp / "accuracy.png", title=f"{meta['algorithm']} on {store.name}")
+        training_curves(history, tmp / "accuracy.png", title=f"{record.algorithm} on {store.name}")
         result["out_of_class"] = write_report(model, pool, valid, test.images, labels, probs, test_names,
                                               store.class_names, tmp, report)
         (tmp / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """A trained network from a run's `model.pt`, and batched class probabilities for uint8 images.
 
-    model, meta = load_model("runs/realmix/digits_aug10.1@30-100/model.pt", "ema")
-    probs = predict_proba(model, images)          # images: N x H x W x C uint8 (array or memory map)
+    model, record = load_model("runs/realmix/digits_aug10.1@30-100/model.pt", "ema")
+    probs = predict_proba(model, images, autocast_dtype=record.autocast_dtype)  # images: N x H x W x C uint8
 
 Used by the training loop's evaluations, the `evaluate` stage and `realmix predict`.
 """
@@ -25,30 +25,23 @@ WEIGHTS = {"ema": "model", "raw": "raw_model"}
 
 
 def load_model(path: str | os.PathLike, weights: str = "ema", device: torch.device | str = "cpu"
-               ) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of a run's model.pt in eval mode, with its EMA (default) or raw weights, and its metadata
-    (class_names, image_shape, arch, history, ...). A clear error for a missing, corrupt or foreign file."""
+               ) -> tuple[nn.Module, ckpt.ModelRecord]:
+    """The network of a run's model.pt in eval mode, with its EMA (default) or raw weights, and the run's record
+    (class_names, image_shape, precision, history, ...). A clear error for a missing, corrupt or foreign file."""
     if weights not in WEIGHTS:
         raise RealmixError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
-    meta = ckpt.load(path, expect=ckpt.MODEL_FORMAT)
-    model = build_model(meta["arch"], meta["num_classes"], meta["image_shape"])
+    record = ckpt.ModelRecord.load(path)
+    model = build_model(record.arch, record.num_classes, record.image_shape)
     try:
-        model.load_state_dict(meta[WEIGHTS[weights]])
+        model.load_state_dict(getattr(record, WEIGHTS[weights]))
     except (RuntimeError, KeyError) as e:
-        raise RealmixError(f"{path}: its weights do not fit its recorded architecture {meta['arch']}; "
+        raise RealmixError(f"{path}: its weights do not fit its recorded architecture {record.arch}; "
                            "the file is damaged: retrain the run") from e
     model = model.to(device).eval()
-    if meta.get("fast_path", {}).get("channels_last"):
+    if record.fast_path.get("channels_last"):
         # the run's layout, as its training loop evaluated it: the same kernels, so the same figures
         model.to(memory_format=torch.channels_last)
-    return model, meta
-
-
-def run_precision(meta: dict[str, Any]) -> torch.dtype | None:
-    """The autocast dtype a run was trained and evaluated in (model.pt's `precision`): bf16, or None for float32.
-    `evaluate` and `realmix predict` both compute in it, so they agree with each other and with the training
-    loop's last evaluation image by image."""
-    return torch.bfloat16 if meta.get("precision") == str(torch.bfloat16) else None
+    return model, record
 
 
 def has_open_heads(model: nn.Module) -> bool:

@@ -36,7 +36,7 @@ from . import atomic
 from .errors import RealmixError
 from .hardware import pick_device
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
-from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs, run_precision
+from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs
 from .openset import outlier_scores
 
 ON_ERROR = ("fail", "skip")
@@ -109,11 +109,11 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
     if device == "cuda" and not torch.cuda.is_available():
         raise RealmixError("device cuda requested but no CUDA GPU is visible; use device auto or cpu")
     dev = pick_device(device)
-    model, meta = load_model(model_path, weights, dev)
-    amp = run_precision(meta)  # the run's own precision, as `evaluate`: the same label for the same image
+    model, record = load_model(model_path, weights, dev)
+    amp = record.autocast_dtype  # the run's own precision, as `evaluate`: the same label for the same image
     cut_score, cut, cut_note = _cut(Path(model_path), score, has_open_heads(model), weights)
-    class_names: list[str] = list(meta["class_names"])
-    h, w, c = meta["image_shape"]
+    class_names: list[str] = list(record.class_names)
+    h, w, c = record.image_shape
     if h != w or c not in (1, 3):
         raise RealmixError(f"{model_path}: input shape {h}x{w}x{c} is not supported by predict "
                            "(square RGB or grayscale only)")

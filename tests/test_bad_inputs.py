@@ -167,7 +167,7 @@ def archive_with(member: tuple[tarfile.TarInfo, bytes]) -> Callable[[Path, objec
 def model_for_other_classes(proj: Path, mp) -> list[str]:
     """runs/supervised/<split>/model.pt made for a 2-class dataset, evaluated on the 3-class split."""
     other = make_store(proj.parent / "other", {"label": [0, 1] * 3, "test": [0, 1]}, k=2, hw=8)
-    ckpt.save(proj / RUN / "model.pt", Trainer(tiny_params(), "supervised", other, split_seed=1).final_model())
+    Trainer(tiny_params(), "supervised", other, split_seed=1).final_model().save(proj / RUN / "model.pt")
     shutil.rmtree(proj.parent / "other")
     return ["evaluate", "--algorithm", "supervised", "--data", SPLIT]
 

@@ -59,8 +59,8 @@ tiny = {{"model": {{"filters": 4, "repeat": 1, "scales": 2, "bn_momentum": 0.1}}
                    "threads": 1}}, "mixmatch": {{"warmup_kimg": 0.01}}, "realmix": {{"warmup_kimg": 0.01}}}}
 for name in ALGORITHMS:
     trainer = Trainer(parse(tiny), name, store, split_seed=1)
-    assert trainer.autocast_dtype is None  # fp32, as train.precision auto on an AVX2-only CPU
-    assert not trainer.fast.channels_last  # auto: NCHW where channels-last would meet the crash
+    assert trainer.runtime.autocast_dtype is None  # fp32, as train.precision auto on an AVX2-only CPU
+    assert not trainer.runtime.fast.channels_last  # auto: NCHW where channels-last would meet the crash
     for _ in range(10):  # heap corruption shows a few steps later
         trainer.step()
     print("stepped", name, flush=True)
@@ -153,7 +153,7 @@ def test_channels_last_auto_is_on_for_cpus_unless_it_meets_the_crash(store, monk
     def fast(filters: int, channels_last="auto"):
         p = parse({"model": {"filters": filters, "repeat": 1, "scales": 2},
                    "train": {"batch": 6, "threads": 1, "channels_last": channels_last}})
-        return Trainer(p, "supervised", store, split_seed=1).fast.channels_last
+        return Trainer(p, "supervised", store, split_seed=1).runtime.fast.channels_last
 
     for below in (False, True):
         monkeypatch.setattr(hardware, "onednn_below_avx512", lambda below=below: below)

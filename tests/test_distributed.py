@@ -55,7 +55,7 @@ def _worker(rank: int, world: int, root: str, jobs: list[tuple[str, int]]) -> No
     try:
         for i, (out, cut_at) in enumerate(jobs):
             trainer = Trainer(dist_params(), "realmix", Store.open(root_path / SPLIT), split_seed=1)
-            assert trainer.dist == Dist(rank, world, rank) and trainer.local_batch == 12 // world
+            assert trainer.runtime.dist == Dist(rank, world, rank) and trainer.feed.local_batch == 12 // world
             calls: list[int] = []  # the image clock at each step: where the job started, where it was cut
             step = trainer.step
 
@@ -166,7 +166,7 @@ def test_two_process_checkpoint_resumes_in_one_process(two_procs, tmp_path, caps
     for d in (Dist(), Dist(0, 2, 0), Dist(1, 2, 1)):
         trainer = Trainer(dist_params(), "realmix", store, split_seed=1, dist=d)
         trainer.load_state_dict(state, Path("ckpt"))
-        batches.append(trainer.next_batch().y)
+        batches.append(trainer.feed.next_batch().y)
     assert torch.equal(batches[0], torch.cat(batches[1:]))
 
 
@@ -175,13 +175,13 @@ def test_global_batch_is_split_between_ranks(tmp_path):
     one = Trainer(dist_params(), "mixmatch", store, split_seed=1, dist=Dist())
     ranks = [Trainer(dist_params(), "mixmatch", store, split_seed=1, dist=Dist(r, 2, r)) for r in (0, 1)]
     for _ in range(3):  # every step: rank 0 takes the first half of the global batch, rank 1 the second
-        b = one.next_batch()
-        parts = [t.next_batch() for t in ranks]
+        b = one.feed.next_batch()
+        parts = [t.feed.next_batch() for t in ranks]
         assert torch.equal(b.y, torch.cat([p.y for p in parts]))
         assert [len(p.x) for p in parts] == [6, 6] and all(len(u) == 6 for p in parts for u in p.u)
     # the same weights on every rank, different augmentation and MixUp draws
     assert state_equal(dict(ranks[0].model.state_dict()), dict(ranks[1].model.state_dict()))
-    assert ranks[0].aug_gen.initial_seed() != ranks[1].aug_gen.initial_seed()
+    assert ranks[0].feed.aug_gen.initial_seed() != ranks[1].feed.aug_gen.initial_seed()
     assert ranks[0].algo.rng.random() != ranks[1].algo.rng.random()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from realmix.data_stream import IndexStream
 from realmix.ema import EMA, with_own_bn_stats
 from realmix.errors import RealmixError
 from realmix.metrics import classification_metrics, confusion_matrix
-from tests.helpers import TINY_ARCH, tiny
+from tests.helpers import TINY_ARCH, K, state_equal, tiny
 
 
 def perturb(model, seed):
@@ -293,3 +294,36 @@ def test_check_compatible(tmp_path):
     with pytest.raises(RealmixError, match="model") as e:
         ckpt.check_compatible(state, {**TINY_ARCH, "filters": 8}, 10, tmp_path)
     assert "'filters': 8" in str(e.value) and "'filters': 4" in str(e.value)
+
+
+def test_model_record_round_trip_and_older_files(tmp_path):
+    """model.pt is read and written by ModelRecord only: the file keeps every earlier version's keys and their
+    order (precision as the dtype's name), an older file without the later keys reads with their defaults, and
+    one without weights is refused in one line."""
+    net = tiny()
+    record = ckpt.ModelRecord(algorithm="mixmatch", data="toy.1@12-6", arch=dict(TINY_ARCH), num_classes=K,
+                              class_names=["a", "b", "c"], image_shape=[8, 8, 3], images=48, precision="bf16",
+                              model=net.state_dict(), raw_model=net.state_dict(),
+                              history=[{"step": 48, "test/accuracy": 50.0}], hardware="cpu AVX2", threads=1)
+    path = tmp_path / "model.pt"
+    record.save(path)
+    raw = ckpt.load(path, expect=ckpt.MODEL_FORMAT)
+    assert list(raw) == ["format", "algorithm", "data", "arch", "num_classes", "class_names", "image_shape",
+                         "input", "images", "precision", "hardware", "threads", "fast_path", "world_size",
+                         "fingerprint", "model", "ema_bn", "raw_model", "metrics", "history"]
+    assert raw["precision"] == "torch.bfloat16" and raw["metrics"] == {"step": 48, "test/accuracy": 50.0}
+    back = ckpt.ModelRecord.load(path)
+    assert back.autocast_dtype == torch.bfloat16 and back.hardware == "cpu AVX2" and back.history == record.history
+    assert state_equal(back.model, record.model)
+
+    old = {k: v for k, v in raw.items() if k not in ("hardware", "threads", "fast_path", "ema_bn", "precision")}
+    ckpt.save(path, old)
+    older = ckpt.ModelRecord.load(path)
+    assert older.precision == "fp32" and older.autocast_dtype is None and older.hardware is None
+    assert older.fast_path == {} and older.threads is None
+
+    ckpt.save(path, {k: v for k, v in raw.items() if k != "raw_model"})
+    with pytest.raises(RealmixError, match=r"model.pt: model file lacks raw_model; it is damaged: retrain"):
+        ckpt.ModelRecord.load(path)
+    with pytest.raises(ValueError, match="precision"):
+        dataclasses.replace(record, precision="fp16")

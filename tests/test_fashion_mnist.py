@@ -311,8 +311,8 @@ def test_every_stage_at_native_size(proj: Path, monkeypatch: pytest.MonkeyPatch,
                             ("supervised", "fashion6_mismatch0.1@10-2")):
         assert pipeline.train(p, algorithm, data)["step"] == 8
         assert 0 <= pipeline.evaluate(p, algorithm, data)["accuracy"] <= 100
-    model, meta = load_model(pipeline.run_dir("mixmatch", "fashion.1@10-2") / "model.pt")
-    assert meta["image_shape"] == [28, 28, 1] and model.stem.in_channels == 1
+    model, record = load_model(pipeline.run_dir("mixmatch", "fashion.1@10-2") / "model.pt")
+    assert record.image_shape == [28, 28, 1] and model.stem.in_channels == 1
     assert len(model.blocks) == 3  # scales = ceil(log2 28) - 2: 28 -> 14 -> 7
     assert len(pipeline.summary(p)) == 3 and Path("metrics/summary.png").is_file()
     assert Path("runs/realmix/fashion_aug2.1@10-2/eval/accuracy.png").is_file()

@@ -43,7 +43,7 @@ def test_channels_last_and_fused_adam_train_and_resume_across_fast_path_changes(
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert not all(p.is_contiguous() for p in convs)  # 3x3 kernels really are NHWC (1x1 ones are both)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.ema.model.parameters() if p.ndim == 4)
-    assert fast.optimizer.param_groups[0]["fused"] is True
+    assert fast.optim.optimizer.param_groups[0]["fused"] is True
     out = tmp_path / "run"
     fast.fit(out)
     model = ckpt.load(out / "model.pt", expect=ckpt.MODEL_FORMAT)
@@ -57,7 +57,7 @@ def test_channels_last_and_fused_adam_train_and_resume_across_fast_path_changes(
     capsys.readouterr()
     plain.fit(out)
     assert "resuming" in capsys.readouterr().err
-    group = plain.optimizer.param_groups[0]
+    group = plain.optim.optimizer.param_groups[0]
     assert group["fused"] is False and group["foreach"] is True
 
 
@@ -109,7 +109,7 @@ def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, forbid_host_
     making every Python-level read raise; the loss check is the CPU path's deliberate read (CUDA defers it)."""
     trainer = Trainer(tiny_params(train={"fused_adam": True}, tsa="linear_schedule"), algorithm, store, split_seed=1)
     trainer.step()
-    monkeypatch.setattr(trainer, "_check_finite", lambda loss: None)
+    monkeypatch.setattr(trainer.monitor, "check_finite", lambda loss, images: None)
 
     forbid_host_reads("inside a training step")
     for _ in range(2):
@@ -120,7 +120,7 @@ def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, forbid_host_
 @pytest.mark.parametrize("algorithm", ["supervised", "mixmatch", "realmix", "mean_teacher", "fixmatch", "iomatch"])
 def test_cuda_step_has_no_host_sync(store, algorithm):
     trainer = Trainer(tiny_params(train={"device": "cuda"}, tsa="linear_schedule"), algorithm, store, split_seed=1)
-    assert trainer.fast.pin_memory and trainer.fast.fused_adam and trainer.fast.channels_last
+    assert trainer.runtime.fast.pin_memory and trainer.runtime.fast.fused_adam and trainer.runtime.fast.channels_last
     trainer.step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -211,21 +211,21 @@ def test_weak_and_strong_views_are_of_the_same_images_and_strong_draws_differ_pe
     same = Store.open(tmp_path / "same")
     p = tiny_params(train={"augment": "none", "batch": 4}, fixmatch={"mu": 5, "cutout": 0.5})
     trainer = Trainer(p, "fixmatch", same, split_seed=1)
-    batch = trainer.next_batch()
+    batch = trainer.feed.next_batch()
     weak, strong = batch.u
     assert weak.shape == strong.shape == (20, 3, 8, 8)  # mu x batch unlabelled images
     original = torch.from_numpy(one).permute(0, 3, 1, 2).float() * (2 / 255) - 1
     assert torch.equal(weak, original.expand_as(weak))  # augment none: the weak view is the image itself
     assert len({s.numpy().tobytes() for s in strong}) >= 18  # each image its own ops, magnitudes, cutout box
     # reproducible from the seed: a second trainer draws the same views
-    again = Trainer(p, "fixmatch", same, split_seed=1).next_batch()
+    again = Trainer(p, "fixmatch", same, split_seed=1).feed.next_batch()
     assert all(torch.equal(a, b) for a, b in zip(batch.u, again.u, strict=True))
 
     # pairing: row i of both views is the same unlabelled image. Without geometry (augment none) and without
     # RandAugment ops, the strong view is the weak one with one grey Cutout square. (With augment on, each view
     # gets its own flip/shift draws, as FixMatch's two independent transforms.)
     p0 = tiny_params(train={"augment": "none", "batch": 4}, fixmatch={"mu": 5, "ra_ops": 0, "cutout": 0.5})
-    weak, strong = Trainer(p0, "fixmatch", store, split_seed=1).next_batch().u
+    weak, strong = Trainer(p0, "fixmatch", store, split_seed=1).feed.next_batch().u
     assert len({w.numpy().tobytes() for w in weak}) == 20  # 20 distinct images
     differs = (weak != strong).any(1)  # N x H x W
     grey = to_input(torch.tensor([127], dtype=torch.uint8))
@@ -236,23 +236,23 @@ def test_weak_and_strong_views_are_of_the_same_images_and_strong_draws_differ_pe
 def test_sgd_with_cosine_schedule_and_coupled_decay(store):
     p = tiny_params(fixmatch={"mu": 2})
     trainer = Trainer(p, "fixmatch", store, split_seed=1)
-    opt = trainer.optimizer
-    assert isinstance(opt, torch.optim.SGD) and trainer.decoupled_wd == 0.0
+    opt = trainer.optim.optimizer
+    assert isinstance(opt, torch.optim.SGD) and trainer.optim.decoupled_wd == 0.0
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
     assert decayed["momentum"] == 0.9 and decayed["nesterov"]
     total = trainer.total
-    assert trainer.lr_at(0) == 0.03
-    assert trainer.lr_at(total / 2) == pytest.approx(0.03 * math.cos(7 * math.pi / 32))
-    assert trainer.lr_at(total) == pytest.approx(0.03 * math.cos(7 * math.pi / 16))
+    assert trainer.optim.lr_at(0) == 0.03
+    assert trainer.optim.lr_at(total / 2) == pytest.approx(0.03 * math.cos(7 * math.pi / 32))
+    assert trainer.optim.lr_at(total) == pytest.approx(0.03 * math.cos(7 * math.pi / 16))
     trainer.step()
     trainer.step()  # the second step ran at the lr of the images seen before it
-    assert decayed["lr"] == pytest.approx(trainer.lr_at(trainer.images - trainer.batch))
+    assert decayed["lr"] == pytest.approx(trainer.optim.lr_at(trainer.images - trainer.batch))
     # Adam keeps the original's constant lr and decoupled decay
     adam = Trainer(p, "mixmatch", store, split_seed=1)
-    assert isinstance(adam.optimizer, torch.optim.Adam) and adam.decoupled_wd == 0.02
-    assert adam.lr_at(adam.total) == 0.002
+    assert isinstance(adam.optim.optimizer, torch.optim.Adam) and adam.optim.decoupled_wd == 0.02
+    assert adam.optim.lr_at(adam.total) == 0.002
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "iomatch"])
@@ -282,8 +282,8 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, store, monkeypatch, alg
 
 def test_iomatch_model_pt_predicts_with_its_open_head(tmp_path, store):
     Trainer(tiny_params(iomatch={"mu": 2}), "iomatch", store, split_seed=1).fit(tmp_path / "run")
-    model, meta = load_model(tmp_path / "run" / "model.pt")
-    assert meta["arch"]["open_heads"] == 128
+    model, record = load_model(tmp_path / "run" / "model.pt")
+    assert record.arch["open_heads"] == 128
     images = np.asarray(store.subset("test").images[:])
     out = predict_outputs(model, images, batch=4, open_head=True)
     probs, open_probs = out.probs, out.open_probs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from realmix import checkpoint as ckpt
 from realmix import predict as predict_mod
 from realmix.errors import RealmixError
 from realmix.images import load_rgb
-from realmix.inference import load_model, predict_proba, run_precision
+from realmix.inference import load_model, predict_proba
 from realmix.models import build_model
 from realmix.predict import PredictResult, predict_folder
 from realmix.train import Trainer
@@ -109,11 +110,11 @@ def test_outputs_match_predict_proba(tmp_path, model_path):
     assert not (tmp_path / "out" / "skipped.csv").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.csv", "predictions.npy"]
 
-    model, meta = load_model(model_path, "ema")
+    model, record = load_model(model_path, "ema")
     order = [r["path"] for r in rows]
     picks = ["c0/c.png", COMMA]  # non-square RGBA images: exercises alpha compositing and padding
     by_hand = predict_proba(model, np.stack([load_rgb(images / p, 8, "pad") for p in picks]),
-                            autocast_dtype=run_precision(meta))  # in the run's precision, as evaluate
+                            autocast_dtype=record.autocast_dtype)  # in the run's precision, as evaluate
     np.testing.assert_allclose(probs[[order.index(p) for p in picks]], by_hand, atol=1e-5)
     assert len({tuple(np.round(p, 5)) for p in probs}) > 1  # noise images: not one constant prediction
 
@@ -125,8 +126,8 @@ def test_weights_and_resize_are_honoured(tmp_path, model_path):
     crop = np.load(predict_folder(model_path, images, tmp_path / "crop", resize="crop", progress=False).npy)
     assert not np.allclose(ema, raw) and not np.allclose(ema, crop)
     rows = [r["path"] for r in read_csv(tmp_path / "crop" / "predictions.csv")]
-    model, meta = load_model(model_path, "raw")
-    amp = run_precision(meta)
+    model, record = load_model(model_path, "raw")
+    amp = record.autocast_dtype
     i = rows.index("photo.png")
     np.testing.assert_allclose(
         raw[i], predict_proba(model, load_rgb(images / "photo.png", 8, "pad")[None], autocast_dtype=amp)[0], atol=1e-5)
@@ -305,11 +306,11 @@ def test_rerun_replaces_outputs(tmp_path, model_path):
 
 def test_grayscale_model(tmp_path, model_path):
     """A model with 1-channel input gets L images with a trailing channel axis."""
-    meta = ckpt.load(model_path, expect=ckpt.MODEL_FORMAT)
-    net = build_model(meta["arch"], 3, [8, 8, 1])
+    record = ckpt.ModelRecord.load(model_path)
+    net = build_model(record.arch, 3, [8, 8, 1])
     gray = tmp_path / "gray.pt"
-    ckpt.save(gray, {**{k: meta[k] for k in ("format", "arch", "class_names")}, "num_classes": 3,
-                     "image_shape": [8, 8, 1], "model": net.state_dict(), "raw_model": net.state_dict()})
+    dataclasses.replace(record, num_classes=3, image_shape=[8, 8, 1], model=net.state_dict(),
+                        raw_model=net.state_dict()).save(gray)
     images = make_images(tmp_path / "images")
     res = predict_folder(gray, images, tmp_path / "out", progress=False)
     probs = np.load(res.npy)

@@ -201,13 +201,13 @@ def test_update_is_adam_then_decay_on_weights_only_then_ema(store, monkeypatch):
                 param.add_(1.0)
                 adam_moved[name] = param.clone()
 
-    monkeypatch.setattr(trainer.optimizer, "step", fake_adam)
+    monkeypatch.setattr(trainer.optim.optimizer, "step", fake_adam)
     ema_before = {k: v.clone() for k, v in trainer.ema.model.named_parameters()}
     with torch.no_grad():  # make the BN running statistics differ from the EMA copy's
         for buf in model.buffers():
             if buf.is_floating_point():
                 buf.add_(0.25)
-    trainer.update()
+    trainer.optim.step(trainer.images)
     factor = 1.0 - 50.0 * 0.002
     weights = {n for n, q in model.named_parameters() if q.ndim > 1}
     assert weights and any(n.endswith("fc.weight") for n in weights) and any("conv" in n for n in weights)
@@ -250,8 +250,8 @@ def test_bf16_run_trains_in_bf16_with_float32_state(tmp_path, store):
 
 def test_an_algorithm_section_wd_overrides_train_wd(store):
     p = tiny_params(train={"wd": 0.02, "lr": 0.002}, mean_teacher={"wd": 0.2})
-    assert Trainer(p, "mean_teacher", store, split_seed=1).decoupled_wd == 0.2
-    assert Trainer(p, "supervised", store, split_seed=1).decoupled_wd == 0.02
+    assert Trainer(p, "mean_teacher", store, split_seed=1).optim.decoupled_wd == 0.2
+    assert Trainer(p, "supervised", store, split_seed=1).optim.decoupled_wd == 0.02
     with pytest.raises(RealmixError, match=r"mean_teacher\.wd=-1"):
         tiny_params(mean_teacher={"wd": -1})
 
@@ -278,7 +278,7 @@ def test_ema_bn_recompute_only_changes_what_is_evaluated(tmp_path, store):
     from realmix.inference import load_model
     model, _ = load_model(tmp_path / "recompute" / "model.pt")
     test = store.subset("test")
-    probs = t_re.predict(model, test.images)
+    probs = t_re.monitor.predict(model, test.images)
     acc = 100.0 * float((probs.argmax(1) == test.labels).mean())
     assert acc == pytest.approx(m_re["history"][-1]["test/accuracy"])
 
@@ -352,7 +352,7 @@ def test_virtual_pool_trains_bit_identical_to_the_materialized_pool_and_both_res
              for s in ("materialized", "virtual")}
     p = tiny_params()
     trainers = {s: Trainer(p, "realmix", pool, split_seed=1) for s, pool in pools.items()}
-    assert isinstance(trainers["virtual"].unlabel_bank, PoolBank)
+    assert isinstance(trainers["virtual"].feed.unlabel_bank, PoolBank)
     assert trainers["virtual"].fingerprint == trainers["materialized"].fingerprint  # the same run data
     trainers["materialized"].fit(tmp_path / "full")
     reference = ckpt.load(tmp_path / "full" / "model.pt", expect=ckpt.MODEL_FORMAT)
