@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import frozen_bn_stats, mix_reversed
+from ..ops import frozen_bn_stats, mix_reversed, soft_cross_entropy
 from .base import Algorithm, Batch, Progress, StepOut
-from .supervised import soft_cross_entropy
+from .consistency import Consistency, ramp_dependence
 
 
 class SupervisedMixUp(Algorithm):
@@ -28,30 +28,7 @@ class SupervisedMixUp(Algorithm):
         return StepOut(loss, {"loss_x": loss.detach()})
 
 
-def _ramp_dependence(algo: Algorithm) -> str:
-    return (f"the consistency weight's ramp over the first {algo.params.warmup_pos} of the run "
-            f"({algo.name}.warmup_pos)")
-
-
-class _Consistency(Algorithm):
-    """Cross-entropy on the labelled batch + ramped weight x an unlabelled loss computed by `unsupervised`."""
-
-    def run_length_dependence(self) -> str | None:
-        return _ramp_dependence(self)
-
-    def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
-        loss_x = nn.functional.cross_entropy(model(batch.x), batch.y)
-        with frozen_bn_stats(model):  # only the labelled forward updates BN running statistics
-            loss_u, logs = self.unsupervised(model, batch.u)
-        w = self.params.consistency * min(progress.fraction / self.params.warmup_pos, 1.0)
-        loss = loss_x + w * loss_u
-        return StepOut(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "w_consistency": w, **logs})
-
-    def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
-        raise NotImplementedError
-
-
-class PiModel(_Consistency):
+class PiModel(Consistency):
     name = "pi_model"
     views = 2
 
@@ -62,7 +39,7 @@ class PiModel(_Consistency):
         return (target - model(views[1]).softmax(-1)).square().mean(), {}
 
 
-class PseudoLabel(_Consistency):
+class PseudoLabel(Consistency):
     name = "pseudo_label"
     views = 1
 
@@ -97,7 +74,7 @@ class VAT(Algorithm):
     views = 1
 
     def run_length_dependence(self) -> str | None:
-        return _ramp_dependence(self)
+        return ramp_dependence(self)
 
     def adversarial_direction(self, model: nn.Module, u: Tensor, logits: Tensor) -> Tensor:
         """One power iteration: the unit direction r that most increases the KL divergence from p(u)."""

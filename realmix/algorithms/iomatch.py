@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from ..ops import one_vs_all_loss, open_targets
+from ..ops import one_vs_all_loss, open_targets, soft_cross_entropy
 from .base import Batch, Progress, StepOut, mask_logs
 from .fixmatch import FixMatch
-from .supervised import soft_cross_entropy
 
 
 class IOMatch(FixMatch):

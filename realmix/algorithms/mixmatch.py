@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import frozen_bn_stats, interleave, interleave_offsets, mixmode, sharpen
+from ..ops import frozen_bn_stats, interleave, interleave_offsets, mixmode, sharpen, soft_cross_entropy
 from .base import Algorithm, Batch, Progress, StepOut, mask_logs
-from .supervised import soft_cross_entropy
 
 
 class MixMatch(Algorithm):

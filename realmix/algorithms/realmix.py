@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..ops import masked_mean, ood_percentile_mask, ood_threshold_mask, tsa_mask, tsa_threshold
+from ..ops import masked_mean, ood_percentile_mask, ood_threshold_mask, soft_cross_entropy, tsa_mask, tsa_threshold
 from .base import Progress
 from .mixmatch import MixMatch
-from .supervised import soft_cross_entropy
 
 
 class RealMix(MixMatch):

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..ops import smooth_labels
+from ..ops import smooth_labels, soft_cross_entropy
 from .base import Algorithm, Batch, Progress, StepOut
-
-
-def soft_cross_entropy(logits, targets):
-    """Per-row cross-entropy against soft targets."""
-    return -(targets * logits.log_softmax(-1)).sum(-1)
 
 
 class Supervised(Algorithm):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import frozen_bn_stats, mix_reversed
-from .baselines import _Consistency
+from .consistency import Consistency
 
 
 @contextlib.contextmanager
@@ -30,7 +30,7 @@ def teacher_mode(teacher: nn.Module | None) -> Iterator[nn.Module]:
         teacher.train(was_training)
 
 
-class MeanTeacher(_Consistency):
+class MeanTeacher(Consistency):
     name = "mean_teacher"
     views = 2
 
@@ -41,7 +41,7 @@ class MeanTeacher(_Consistency):
         return (target - model(views[1]).softmax(-1)).square().mean(), {}
 
 
-class ICT(_Consistency):
+class ICT(Consistency):
     name = "ict"
     views = 1
 
