@@ -47,7 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from realmix.algorithms import ALGORITHMS, Progress  # noqa: E402
+from realmix.algorithms import ALGORITHMS  # noqa: E402
+from realmix.algorithms.base import Progress  # noqa: E402
 from realmix.params import parse  # noqa: E402
 from realmix.store import Store, StoreWriter  # noqa: E402
 from realmix.train import Trainer  # noqa: E402
@@ -234,7 +235,7 @@ def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[
     warm, times = full_steps(trainer, args.warmup, args.steps)
     result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
                                  "warmup": warm, "resolved": describe(trainer),
-                                 "views": trainer.algo.views * trainer.algo.mu}
+                                 "views": len(trainer.algo.needs.views) * trainer.algo.needs.mu}
     if not args.no_breakdown:
         parts = breakdown_steps(trainer, args.warmup, args.steps)
         result["parts"] = {k: statistics.median(v) for k, v in parts.items()}

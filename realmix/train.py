@@ -37,7 +37,8 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from . import distributed
-from .algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
+from .algorithms import build_algorithm
+from .algorithms.base import Algorithm, Batch, Progress, StepOut
 from .augment import augment_batch, rand_augment
 from .data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank, to_device
 from .distributed import Dist
@@ -132,16 +133,16 @@ class Trainer:
         aug, mix = (_rank_seed(ss, self.dist.rank) for ss in (self._aug_ss, self._mix_ss))
         section = params.algorithm(algorithm)
         self.algo: Algorithm = build_algorithm(algorithm, section, num_classes=self.num_classes,
-                                               rng=np.random.default_rng(mix), tsa=params.tsa)
-        if self.algo.open_heads:  # part of the network, so EMA, checkpoints, model.pt and predict carry them
-            self.arch["open_heads"] = self.algo.open_heads
+                                               rng=np.random.default_rng(mix), **params.scalars())
+        if self.algo.needs.open_heads:  # part of the network, so EMA, checkpoints, model.pt and predict carry them
+            self.arch["open_heads"] = self.algo.needs.open_heads
         g = torch.Generator().manual_seed(_seed(init))
         self.model = build_model(self.arch, self.num_classes, self.image_shape, generator=g).to(self.device)
         self.fast = pick_fast_path(t, self.device, self.model)
         if self.fast.channels_last:  # the weights' layout; to_input feeds NCHW and the convs follow the weights
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
-        # every rank keeps the EMA (Mean Teacher and ICT read it as their teacher); rank 0's is evaluated and saved
+        # every rank keeps the EMA (the teacher of algorithms that declare one); rank 0's is evaluated and saved
         self.ema = EMA(self.model, t.ema, warmup=t.ema_warmup)
         if self.fast.compile:
             self.model.compile()  # in place: state_dict keys unchanged; the EMA copy stays eager
@@ -152,7 +153,8 @@ class Trainer:
         self.lr_schedule = section.lr_schedule
         self.optimizer, self.decoupled_wd = self._optimizer(section, params.weight_decay(algorithm))
         self.aug_gen = torch.Generator(self.device).manual_seed(_seed(aug))
-        self.algo.teacher = self.ema.model
+        if self.algo.needs.teacher:
+            self.algo.teacher = self.ema.model
         try:
             self.algo.check_batch(self.local_batch)
         except ValueError as e:
@@ -169,7 +171,7 @@ class Trainer:
         self.label_y = torch.from_numpy(labels).to(self.device)
         self.label_stream = IndexStream(label.count, np.random.default_rng(order_l))
         self.unlabel_bank = self.unlabel_stream = self.unlabel_ood = None
-        if self.algo.views:
+        if self.algo.needs.views:
             unlabel = store.subset("unlabel")
             if unlabel.count == 0:
                 raise RealmixError(f"{store.path}: {algorithm} needs unlabelled images but the split has none")
@@ -197,8 +199,7 @@ class Trainer:
             "model": self.arch, "train": train, "split_seed": split_seed,
             "data": self.store.data_id(),  # a virtual and a materialized pool of one recipe: the same data
         }
-        if algorithm == "realmix":
-            ident["tsa"] = p.tsa
+        ident.update({key: getattr(p, key) for key in self.algo.needs.reads})  # the top-level params it reads
         ident["train"]["precision"] = str(self.autocast_dtype or torch.float32)  # what `auto` resolved to here
         return ident
 
@@ -285,10 +286,10 @@ class Trainer:
         y = self.label_y[idx_d]
         views: tuple[Tensor, ...] = ()
         ood = None
-        if self.algo.views:
-            uidx = self._local(self.unlabel_stream, self.algo.mu)
+        if self.algo.needs.views:
+            uidx = self._local(self.unlabel_stream, self.algo.needs.mu)
             uidx_d = to_device(uidx, self.device, pin=self.fast.pin_memory)
-            views = self.augment(self.unlabel_bank.gather(uidx, uidx_d), self.algo.view_kinds)
+            views = self.augment(self.unlabel_bank.gather(uidx, uidx_d), self.algo.needs.views)
             if self.unlabel_ood is not None:
                 ood = self.unlabel_ood[uidx_d]
         return Batch(x, y, views, ood)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from realmix.algorithms import Progress, build_algorithm
-from realmix.params import MixMatchParams, RealMixParams, SupervisedParams
+from realmix.algorithms import build_algorithm
+from realmix.algorithms.base import Progress
+from realmix.algorithms.sections import MixMatchParams, RealMixParams, SupervisedParams
 from tests.helpers import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
@@ -40,9 +41,9 @@ def test_unknown_algorithm():
 
 def test_views():
     rng = np.random.default_rng(0)
-    assert build_algorithm("supervised", SupervisedParams(), num_classes=K, rng=rng).views == 0
-    assert build_algorithm("mixmatch", MixMatchParams(nu=3), num_classes=K, rng=rng).views == 3
-    assert build_algorithm("realmix", RealMixParams(), num_classes=K, rng=rng).views == 2
+    assert build_algorithm("supervised", SupervisedParams(), num_classes=K, rng=rng).needs.views == ()
+    assert build_algorithm("mixmatch", MixMatchParams(nu=3), num_classes=K, rng=rng).needs.views == ("weak",) * 3
+    assert build_algorithm("realmix", RealMixParams(), num_classes=K, rng=rng).needs.views == ("weak",) * 2
 
 
 # -- training reduces the loss -------------------------------------------------------------------------

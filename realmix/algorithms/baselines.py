@@ -9,18 +9,17 @@ to these models but never used it).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..ops import frozen_bn_stats, mix_reversed, soft_cross_entropy
-from .base import Algorithm, Batch, Progress, StepOut
+from .base import Algorithm, Batch, Needs, Progress, StepOut
 from .consistency import Consistency, ramp_dependence
 
 
 class SupervisedMixUp(Algorithm):
-    name = "supervised_mixup"
-    views = 0
-
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         onehot = nn.functional.one_hot(batch.y, self.num_classes).float()
         x, targets = mix_reversed(batch.x, onehot, self.params.beta, self.rng)
@@ -29,8 +28,9 @@ class SupervisedMixUp(Algorithm):
 
 
 class PiModel(Consistency):
-    name = "pi_model"
-    views = 2
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak", "weak"))
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """Mean squared error between softmax(f(view 1)) (no gradient: the target) and softmax(f(view 2))."""
@@ -40,8 +40,9 @@ class PiModel(Consistency):
 
 
 class PseudoLabel(Consistency):
-    name = "pseudo_label"
-    views = 1
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """CE against the argmax of the model's own prediction, for rows more confident than `threshold`,
@@ -70,8 +71,9 @@ def _l_inf_l2_normalise(d: Tensor) -> Tensor:
 class VAT(Algorithm):
     """Virtual adversarial training (Miyato et al.) as the original vat.py, with the published KL direction."""
 
-    name = "vat"
-    views = 1
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def run_length_dependence(self) -> str | None:
         return ramp_dependence(self)
@@ -110,8 +112,9 @@ class VAT(Algorithm):
 class SSLMixUp(Algorithm):
     """The original mixup.py: MixUp of labelled images and of unlabelled images with their predicted labels."""
 
-    name = "mixup"
-    views = 1
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         u = batch.u[0]

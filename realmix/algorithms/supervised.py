@@ -9,9 +9,6 @@ from .base import Algorithm, Batch, Progress, StepOut
 
 
 class Supervised(Algorithm):
-    name = "supervised"
-    views = 0
-
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         targets = smooth_labels(batch.y, self.num_classes, self.params.smoothing)
         loss = soft_cross_entropy(model(batch.x), targets).mean()
