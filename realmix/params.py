@@ -1,5 +1,8 @@
 """Typed, validated params: `params.yaml` parsed into one dataclass per stage section.
 
+The algorithm sections are the registry's (`realmix.algorithms.ALGORITHMS`: one per algorithm name, dataclasses in
+`realmix/algorithms/sections.py`); they are parsed and checked here like every other section.
+
 An unknown key (e.g. a typo), a missing key, a value of the wrong type or outside its allowed set fails
 with one line naming the key (`split.nvalid`), the bad value and what is allowed.
 """
