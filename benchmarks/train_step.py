@@ -240,7 +240,7 @@ def run(store: Store, algorithm: str, args: argparse.Namespace, overrides: dict[
     warm, times = full_steps(trainer, args.warmup, args.steps)
     result: dict[str, object] = {"median": statistics.median(times), "min": min(times), "max": max(times),
                                  "warmup": warm, "resolved": describe(trainer),
-                                 "views": trainer.algo.views * trainer.algo.mu}
+                                 "views": len(trainer.algo.needs.views) * trainer.algo.needs.mu}
     if not args.no_breakdown:
         parts = breakdown_steps(trainer, args.warmup, args.steps)
         result["parts"] = {k: statistics.median(v) for k, v in parts.items()}

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from . import params, pipeline
+from .algorithms import ALGORITHMS
 from .errors import RealmixError
 from .store import MANIFEST, Store
 
@@ -93,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="split name, e.g. digits.1@30-100")
     s.add_argument("--copies", type=int, required=True)
     s = sub.add_parser("train", help="train one run: runs/<algorithm>/<data>/ (resumes from its checkpoints)")
-    s.add_argument("--algorithm", required=True, help=" | ".join(params.ALGORITHMS))
+    s.add_argument("--algorithm", required=True, help=" | ".join(ALGORITHMS))
     s.add_argument("--data", required=True, help="split name under data/splits/, e.g. digits_aug10.1@30-100")
     s = sub.add_parser("evaluate", help="evaluate a trained run on its test images: runs/<algorithm>/<data>/eval/")
-    s.add_argument("--algorithm", required=True, help=" | ".join(params.ALGORITHMS))
+    s.add_argument("--algorithm", required=True, help=" | ".join(ALGORITHMS))
     s.add_argument("--data", required=True, help="split name, e.g. digits_aug10.1@30-100")
     sub.add_parser("summary", help="aggregate every planned run (mean ± std over seeds) into metrics/")
     s = sub.add_parser("results", help="print the results table (metrics/summary.md) written by `summary`")

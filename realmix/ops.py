@@ -19,7 +19,7 @@ from .params import MIXMODES, TSA
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
            "mix_reversed", "mixmode", "mixup_lambdas", "one_vs_all_loss", "ood_percentile_mask", "ood_threshold_mask",
-           "open_targets", "sharpen", "smooth_labels", "tsa_mask", "tsa_threshold"]
+           "open_targets", "sharpen", "smooth_labels", "soft_cross_entropy", "tsa_mask", "tsa_threshold"]
 
 
 # -- label guessing --------------------------------------------------------------------------------------
@@ -33,6 +33,11 @@ def smooth_labels(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
     """One-hot with label smoothing: (1 - s) * onehot + s / K (the original `l - s * (l - 1/K)`)."""
     onehot = nn.functional.one_hot(labels, num_classes).float()
     return onehot - smoothing * (onehot - 1.0 / num_classes)
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-row cross-entropy against soft targets (MixUp-ed or smoothed labels, guessed distributions)."""
+    return -(targets * logits.log_softmax(-1)).sum(-1)
 
 
 def _to_device(a: np.ndarray, device: torch.device) -> Tensor:

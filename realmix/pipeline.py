@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .algorithms import ALGORITHMS
 from .errors import RealmixError
 from .params import Params
 from .splits import SplitName
@@ -116,7 +117,6 @@ def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
     Under torchrun every process calls this: it joins the process group the environment describes; only rank 0
     returns the last evaluation (the others return {}).
     """
-    from .algorithms import ALGORITHMS
     from .distributed import process_group
     from .hardware import pick_device
     from .train import Trainer

@@ -18,7 +18,7 @@ import yaml
 from scipy.io import savemat
 from torch import nn
 
-from realmix.algorithms import Batch
+from realmix.algorithms.base import Batch
 from realmix.mismatch import filter_split
 from realmix.models import build_model
 from realmix.params import parse

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from realmix.algorithms import Progress, build_algorithm
-from realmix.params import MixMatchParams, RealMixParams, SupervisedParams
+from realmix.algorithms import ALGORITHMS, build_algorithm
+from realmix.algorithms.base import Algorithm, Progress
+from realmix.algorithms.sections import IOMatchParams, MixMatchParams, RealMixParams, SupervisedParams
+from realmix.params import Params
 from tests.helpers import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
@@ -40,9 +42,26 @@ def test_unknown_algorithm():
 
 def test_views():
     rng = np.random.default_rng(0)
-    assert build_algorithm("supervised", SupervisedParams(), num_classes=K, rng=rng).views == 0
-    assert build_algorithm("mixmatch", MixMatchParams(nu=3), num_classes=K, rng=rng).views == 3
-    assert build_algorithm("realmix", RealMixParams(), num_classes=K, rng=rng).views == 2
+    assert build_algorithm("supervised", SupervisedParams(), num_classes=K, rng=rng).needs.views == ()
+    assert build_algorithm("mixmatch", MixMatchParams(nu=3), num_classes=K, rng=rng).needs.views == ("weak",) * 3
+    assert build_algorithm("realmix", RealMixParams(), num_classes=K, rng=rng).needs.views == ("weak",) * 2
+
+
+def test_registry_entries_resolve_and_declare_what_they_need():
+    declared = {}
+    for name, entry in ALGORITHMS.items():
+        assert issubclass(entry.algorithm, Algorithm)
+        algo = build_algorithm(name, entry.params(), num_classes=K, rng=np.random.default_rng(0), tsa="exp_schedule")
+        assert algo.name == name and algo.needs == entry.algorithm.declare(entry.params())
+        assert set(algo.needs.views) <= {"weak", "strong"} and algo.needs.mu >= 1
+        declared[name] = algo.needs
+    assert [n for n, needs in declared.items() if needs.teacher] == ["mean_teacher", "ict"]
+    assert {n: needs.reads for n, needs in declared.items() if needs.reads} == {"realmix": ("tsa",)}
+    assert build_algorithm("realmix", RealMixParams(), num_classes=K, rng=np.random.default_rng(0),
+                           tsa="exp_schedule").tsa == "exp_schedule"
+    assert declared["iomatch"].open_heads == IOMatchParams().proj_size and declared["fixmatch"].mu == 7
+    # a section's name reads as params.<name>: it may not shadow another section or an attribute of Params
+    assert not set(ALGORITHMS) & ({f.name for f in dataclasses.fields(Params)} | set(dir(Params)))
 
 
 # -- training reduces the loss -------------------------------------------------------------------------

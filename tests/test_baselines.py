@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from realmix.algorithms import Progress, build_algorithm
-from realmix.ema import EMA
-from realmix.errors import RealmixError
-from realmix.ops import mix_reversed, mixup_lambdas
-from realmix.params import (
+from realmix.algorithms import build_algorithm
+from realmix.algorithms.base import Progress
+from realmix.algorithms.sections import (
     ICTParams,
     MeanTeacherParams,
     PiModelParams,
@@ -20,8 +18,11 @@ from realmix.params import (
     SSLMixUpParams,
     SupervisedMixUpParams,
     VATParams,
-    parse,
 )
+from realmix.ema import EMA
+from realmix.errors import RealmixError
+from realmix.ops import mix_reversed, mixup_lambdas
+from realmix.params import parse
 from tests.helpers import B, K, bn_buffers, tiny, toy_batch
 
 PARAMS = {
@@ -71,7 +72,7 @@ def test_a_few_adam_steps_reduce_the_loss(name):
     model = tiny().train()
     batch = toy_batch()
     algo = build_algorithm(name, PARAMS[name], num_classes=K, rng=np.random.default_rng(0))
-    assert algo.views == {"supervised_mixup": 0, "pi_model": 2, "pseudo_label": 1}[name]
+    assert len(algo.needs.views) == {"supervised_mixup": 0, "pi_model": 2, "pseudo_label": 1}[name]
     assert_steps_reduce_loss(algo, model, batch, lambda: step_loss(name, model, batch).loss.item())
 
 
@@ -216,7 +217,7 @@ def test_vat_and_ssl_mixup_reduce_the_loss():
         model = tiny().train()
         batch = toy_batch()
         algo = build_algorithm(name, p, num_classes=K, rng=np.random.default_rng(0))
-        assert algo.views == 1
+        assert len(algo.needs.views) == 1
 
         def loss_now(p=p, name=name, model=model, batch=batch):
             probe = build_algorithm(name, p, num_classes=K, rng=np.random.default_rng(123))

@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from realmix import checkpoint as ckpt
+from realmix.algorithms import ALGORITHMS
 from realmix.errors import RealmixError
 from realmix.params import parse
 from realmix.train import Trainer, pick_fast_path
 from tests.helpers import tiny_params
-
-ALGORITHMS = ["supervised", "supervised_mixup", "pi_model", "pseudo_label", "mean_teacher", "ict", "vat", "mixup",
-              "mixmatch", "realmix", "fixmatch", "iomatch"]
 
 
 def test_auto_is_on_for_cuda_and_off_for_cpu_but_channels_last():
@@ -102,7 +100,7 @@ def test_compiled_run_matches_eager(store):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=name)  # BN statistics: only the first forward
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_step_reads_no_tensor_value_on_the_host(store, monkeypatch, forbid_host_reads, algorithm):
     """Nothing in a training step (sampling, augmentation, the algorithm, backward, fused Adam, decay, EMA, the
     logged values) reads a tensor on the host: on CUDA any such read would stall the GPU queue. Checked on CPU by

@@ -12,11 +12,12 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 from realmix import checkpoint as ckpt
-from realmix.algorithms import Batch, Progress, build_algorithm
+from realmix.algorithms import build_algorithm
+from realmix.algorithms.base import Batch, Progress
+from realmix.algorithms.sections import FixMatchParams, IOMatchParams
 from realmix.inference import load_model, predict_outputs
 from realmix.models import build_model, to_input
 from realmix.ops import one_vs_all_loss, open_targets
-from realmix.params import FixMatchParams, IOMatchParams
 from realmix.train import Trainer
 from tests.conftest import make_store
 from tests.helpers import TINY_ARCH, state_equal, tiny, tiny_params, toy_batch

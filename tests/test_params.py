@@ -1,9 +1,13 @@
 import copy
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from realmix import params
+from realmix.algorithms import ALGORITHMS
 from realmix.errors import RealmixError
 from tests.conftest import ROOT
 
@@ -68,3 +72,36 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "p.yaml").write_text("split: [unclosed")
     with pytest.raises(RealmixError, match="not valid YAML"):
         params.load(tmp_path / "p.yaml")
+
+
+def test_every_registered_algorithm_has_its_section_its_docs_row_and_its_train_params():
+    """The registry is the one list: params.yaml, the docs' table and dvc.yaml's train stages follow it."""
+    assert [k for k in DEFAULT if k in ALGORITHMS] == list(ALGORITHMS)  # a section each, in registry order
+    assert [name for name in params.SECTIONS if name in ALGORITHMS] == list(ALGORITHMS)
+    training = (ROOT / "docs" / "training.md").read_text()
+    table = training.split("| algorithm | what one step computes |")[1].split("\n\n")[0]
+    assert re.findall(r"^\| `(\w+)` \|", table, re.M) == list(ALGORITHMS)
+    reads = {key for entry in ALGORITHMS.values() for key in entry.algorithm.declare(entry.params()).reads}
+    assert reads == {"tsa"} and reads <= set(params.SCALARS)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    train = {name: s for name, s in stages.items() if s["cmd"].startswith("python stages/train.py")}
+    assert set(train) == {"train", "train_aug", "train_mismatch", "train_mismatch_aug"}
+    for name, stage in train.items():  # the run's section and the top-level params an algorithm reads
+        assert {"${item.algorithm}", *reads} <= set(stage["params"]), name
+
+
+def test_algorithm_sections_read_as_attributes_and_by_name():
+    p = params.parse({"realmix": {"w_match": 10}, "tsa": "linear_schedule"})
+    assert p.realmix is p.algorithm("realmix") is p.algorithms["realmix"] and p.realmix.w_match == 10.0
+    assert list(p.algorithms) == list(ALGORITHMS) and p.scalars() == {"tsa": "linear_schedule"}
+    with pytest.raises(AttributeError, match="realmixx"):
+        p.realmixx  # noqa: B018
+    with pytest.raises(RealmixError, match=r"pi_model\.warmup_pos=0\.0 must be in \(0, 1\]"):
+        params.parse({"pi_model": {"warmup_pos": 0.0}})  # a shared dataclass names the section it was read from
+    with pytest.raises(RealmixError, match=r"train\.algorithms has unknown algorithm 'realmixx' \(did you mean "):
+        params.parse({"train": {"algorithms": ["realmixx"]}})
+
+
+def test_parsing_params_imports_no_torch():
+    code = "import sys, realmix.cli, realmix.params as p; p.load('params.yaml'); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

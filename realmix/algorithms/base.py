@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ class Batch:
 
     x: Tensor  # labelled images, B x C x H x W
     y: Tensor  # their labels (int64), B
-    u: tuple[Tensor, ...] = ()  # one tensor per entry of the algorithm's `view_kinds`, each of the same mu*B images
+    u: tuple[Tensor, ...] = ()  # one tensor per entry of the algorithm's `needs.views`, each of the same mu*B images
     # per unlabelled image: True where it is out-of-class (class-mismatch splits, where the pool's classes are
     # known); None elsewhere. Only read for the logs of how much out-of-class data a mask lets in.
     u_ood: Tensor | None = None
@@ -54,36 +54,42 @@ def mask_logs(mask: Tensor, ood: Tensor | None) -> dict[str, Tensor]:
             "admit_in": (keep & ~ood).sum().float(), "n_in": (~ood).sum().float()}
 
 
-class Algorithm:
-    """Base class: subclasses set `name`, `views` and implement `train_step`.
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm asks of the loop, declared once per algorithm (`Algorithm.declare`)."""
 
-    What an algorithm asks of the loop: `views` augmented views of each unlabelled image, of the kinds in
-    `view_kinds` ("weak": train.augment; "strong": train.augment then RandAugment + Cutout), `mu` unlabelled
-    images per labelled one, and `open_heads` (the projection width of IOMatch's extra heads; 0: none).
+    # the augmented views of each unlabelled image, one kind per view ("weak": train.augment; "strong":
+    # train.augment then RandAugment + Cutout, the algorithm's `strong` settings); (): no unlabelled images
+    views: tuple[str, ...] = ()
+    mu: int = 1  # unlabelled images per labelled one
+    open_heads: int = 0  # projection width of IOMatch's extra heads (part of the network); 0: none
+    teacher: bool = False  # reads the loop's EMA model as its teacher (`Algorithm.teacher`)
+    # top-level params it reads (its constructor's keywords); the loop passes them and adds them to the run's
+    # identity, so a change of one is another run
+    reads: tuple[str, ...] = ()
+
+
+class Algorithm:
+    """Base class: subclasses implement `train_step` and, where they need more than labelled images, `declare`.
+
+    `name` is the registry's name of the algorithm (its params section); `needs` what it declared for `params`.
     """
 
-    name: ClassVar[str]
-    views: ClassVar[int] = 0
     strong = {"ops": 2, "magnitude_max": 10, "cutout": 0.5}  # RandAugment settings of "strong" views
 
-    @property
-    def view_kinds(self) -> tuple[str, ...]:
-        return ("weak",) * self.views
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        """What this algorithm needs from the loop when run with the section `params` (here: labelled images only).
+        A classmethod: `build_algorithm` reads `reads` before it builds the algorithm."""
+        return Needs()
 
-    @property
-    def mu(self) -> int:
-        return 1
-
-    @property
-    def open_heads(self) -> int:
-        return 0
-
-    def __init__(self, params: Any, *, num_classes: int, rng: np.random.Generator, tsa: str = "none"):
+    def __init__(self, params: Any, *, name: str, num_classes: int, rng: np.random.Generator):
         self.params = params
+        self.name = name
         self.num_classes = num_classes
         self.rng = rng  # MixUp lambdas and partners; its state is checkpointed by the loop
-        self.tsa = tsa
-        # the EMA of the model's weights (BN buffers copied from the model), set by the loop; teacher methods read it
+        self.needs = self.declare(params)
+        # the EMA of the model's weights (BN buffers copied from the model), set by the loop where `needs.teacher`
         self.teacher: nn.Module | None = None
 
     def run_length_dependence(self) -> str | None:

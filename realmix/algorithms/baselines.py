@@ -9,18 +9,17 @@ to these models but never used it).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from ..ops import frozen_bn_stats, mix_reversed
-from .base import Algorithm, Batch, Progress, StepOut
-from .supervised import soft_cross_entropy
+from ..ops import frozen_bn_stats, mix_reversed, soft_cross_entropy
+from .base import Algorithm, Batch, Needs, Progress, StepOut
+from .consistency import Consistency, ramp_dependence
 
 
 class SupervisedMixUp(Algorithm):
-    name = "supervised_mixup"
-    views = 0
-
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         onehot = nn.functional.one_hot(batch.y, self.num_classes).float()
         x, targets = mix_reversed(batch.x, onehot, self.params.beta, self.rng)
@@ -28,32 +27,10 @@ class SupervisedMixUp(Algorithm):
         return StepOut(loss, {"loss_x": loss.detach()})
 
 
-def _ramp_dependence(algo: Algorithm) -> str:
-    return (f"the consistency weight's ramp over the first {algo.params.warmup_pos} of the run "
-            f"({algo.name}.warmup_pos)")
-
-
-class _Consistency(Algorithm):
-    """Cross-entropy on the labelled batch + ramped weight x an unlabelled loss computed by `unsupervised`."""
-
-    def run_length_dependence(self) -> str | None:
-        return _ramp_dependence(self)
-
-    def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
-        loss_x = nn.functional.cross_entropy(model(batch.x), batch.y)
-        with frozen_bn_stats(model):  # only the labelled forward updates BN running statistics
-            loss_u, logs = self.unsupervised(model, batch.u)
-        w = self.params.consistency * min(progress.fraction / self.params.warmup_pos, 1.0)
-        loss = loss_x + w * loss_u
-        return StepOut(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "w_consistency": w, **logs})
-
-    def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
-        raise NotImplementedError
-
-
-class PiModel(_Consistency):
-    name = "pi_model"
-    views = 2
+class PiModel(Consistency):
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak", "weak"))
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """Mean squared error between softmax(f(view 1)) (no gradient: the target) and softmax(f(view 2))."""
@@ -62,9 +39,10 @@ class PiModel(_Consistency):
         return (target - model(views[1]).softmax(-1)).square().mean(), {}
 
 
-class PseudoLabel(_Consistency):
-    name = "pseudo_label"
-    views = 1
+class PseudoLabel(Consistency):
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """CE against the argmax of the model's own prediction, for rows more confident than `threshold`,
@@ -93,11 +71,12 @@ def _l_inf_l2_normalise(d: Tensor) -> Tensor:
 class VAT(Algorithm):
     """Virtual adversarial training (Miyato et al.) as the original vat.py, with the published KL direction."""
 
-    name = "vat"
-    views = 1
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def run_length_dependence(self) -> str | None:
-        return _ramp_dependence(self)
+        return ramp_dependence(self)
 
     def adversarial_direction(self, model: nn.Module, u: Tensor, logits: Tensor) -> Tensor:
         """One power iteration: the unit direction r that most increases the KL divergence from p(u)."""
@@ -133,8 +112,9 @@ class VAT(Algorithm):
 class SSLMixUp(Algorithm):
     """The original mixup.py: MixUp of labelled images and of unlabelled images with their predicted labels."""
 
-    name = "mixup"
-    views = 1
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",))
 
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         u = batch.u[0]

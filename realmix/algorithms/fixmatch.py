@@ -7,24 +7,19 @@ probability reaches `threshold`; the unlabelled cross-entropy is averaged over a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from .base import Algorithm, Batch, Progress, StepOut, mask_logs
+from .base import Algorithm, Batch, Needs, Progress, StepOut, mask_logs
 
 
 class FixMatch(Algorithm):
-    name = "fixmatch"
-    views = 2
-
-    @property
-    def view_kinds(self) -> tuple[str, ...]:
-        return ("weak", "strong")
-
-    @property
-    def mu(self) -> int:
-        return self.params.mu
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak", "strong"), mu=params.mu)
 
     @property
     def strong(self) -> dict:  # type: ignore[override]

@@ -13,22 +13,22 @@ Its per-image outlier score at evaluation is the open head's out-of-class probab
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from ..ops import one_vs_all_loss, open_targets
-from .base import Batch, Progress, StepOut, mask_logs
+from ..ops import one_vs_all_loss, open_targets, soft_cross_entropy
+from .base import Batch, Needs, Progress, StepOut, mask_logs
 from .fixmatch import FixMatch
-from .supervised import soft_cross_entropy
 
 
 class IOMatch(FixMatch):
-    name = "iomatch"
-
-    @property
-    def open_heads(self) -> int:
-        return self.params.proj_size
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return dataclasses.replace(super().declare(params), open_heads=params.proj_size)
 
     def run_length_dependence(self) -> str | None:
         d = self.params.open_delay

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from ..ops import frozen_bn_stats, interleave, interleave_offsets, mixmode, sharpen
-from .base import Algorithm, Batch, Progress, StepOut, mask_logs
-from .supervised import soft_cross_entropy
+from ..ops import frozen_bn_stats, interleave, interleave_offsets, mixmode, sharpen, soft_cross_entropy
+from .base import Algorithm, Batch, Needs, Progress, StepOut, mask_logs
 
 
 class MixMatch(Algorithm):
-    name = "mixmatch"
-
-    @property
-    def views(self) -> int:  # type: ignore[override]
-        return self.params.nu
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",) * params.nu)
 
     def check_batch(self, batch_size: int) -> None:
         groups = self.params.nu + 1

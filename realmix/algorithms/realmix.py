@@ -5,16 +5,25 @@ The third part, offline augmented copies of the unlabelled set, lives in the dat
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import numpy as np
 from torch import Tensor
 
-from ..ops import masked_mean, ood_percentile_mask, ood_threshold_mask, tsa_mask, tsa_threshold
-from .base import Progress
+from ..ops import masked_mean, ood_percentile_mask, ood_threshold_mask, soft_cross_entropy, tsa_mask, tsa_threshold
+from .base import Needs, Progress
 from .mixmatch import MixMatch
-from .supervised import soft_cross_entropy
 
 
 class RealMix(MixMatch):
-    name = "realmix"
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return dataclasses.replace(super().declare(params), reads=("tsa",))
+
+    def __init__(self, params: Any, *, name: str, num_classes: int, rng: np.random.Generator, tsa: str = "none"):
+        super().__init__(params, name=name, num_classes=num_classes, rng=rng)
+        self.tsa = tsa  # the top-level TSA schedule of the supervised loss
 
     def run_length_dependence(self) -> str | None:
         return None if self.tsa == "none" else f"TSA's threshold schedule (tsa: {self.tsa}) spans the whole run"

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..ops import smooth_labels
+from ..ops import smooth_labels, soft_cross_entropy
 from .base import Algorithm, Batch, Progress, StepOut
 
 
-def soft_cross_entropy(logits, targets):
-    """Per-row cross-entropy against soft targets."""
-    return -(targets * logits.log_softmax(-1)).sum(-1)
-
-
 class Supervised(Algorithm):
-    name = "supervised"
-    views = 0
-
     def train_step(self, model: nn.Module, batch: Batch, progress: Progress) -> StepOut:
         targets = smooth_labels(batch.y, self.num_classes, self.params.smoothing)
         loss = soft_cross_entropy(model(batch.x), targets).mean()

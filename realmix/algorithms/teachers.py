@@ -1,26 +1,30 @@
 """Baselines with an EMA teacher (method reference §E): Mean Teacher and ICT.
 
-The teacher is the loop's EMA of the model (`Algorithm.teacher`), run as in the original: in training mode
-(batch statistics), without gradient, and without touching any running statistics.
+The teacher is the loop's EMA of the model (`Algorithm.teacher`, set by the loop as both declare
+`Needs(teacher=True)`), run as in the original: in training mode (batch statistics), without gradient, and
+without touching any running statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import frozen_bn_stats, mix_reversed
-from .baselines import _Consistency
+from .base import Needs
+from .consistency import Consistency
 
 
 @contextlib.contextmanager
 def teacher_mode(teacher: nn.Module | None) -> Iterator[nn.Module]:
     """The EMA teacher in train mode (batch statistics), no gradient, running statistics untouched."""
     if teacher is None:
-        raise RuntimeError("this algorithm needs an EMA teacher: set `algorithm.teacher` (the loop does)")
+        raise RuntimeError("this algorithm needs an EMA teacher: set `algorithm.teacher` (the loop does where "
+                           "`needs.teacher`)")
     was_training = teacher.training
     teacher.train()
     try:
@@ -30,9 +34,10 @@ def teacher_mode(teacher: nn.Module | None) -> Iterator[nn.Module]:
         teacher.train(was_training)
 
 
-class MeanTeacher(_Consistency):
-    name = "mean_teacher"
-    views = 2
+class MeanTeacher(Consistency):
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak", "weak"), teacher=True)
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """MSE between the teacher's softmax on view 1 and the model's softmax on view 2."""
@@ -41,9 +46,10 @@ class MeanTeacher(_Consistency):
         return (target - model(views[1]).softmax(-1)).square().mean(), {}
 
 
-class ICT(_Consistency):
-    name = "ict"
-    views = 1
+class ICT(Consistency):
+    @classmethod
+    def declare(cls, params: Any) -> Needs:
+        return Needs(views=("weak",), teacher=True)
 
     def unsupervised(self, model: nn.Module, views: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
         """MSE between the model on mix(u, reversed u) and the same mix of the teacher's softmax on u."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..algorithms import Algorithm, Batch
+from ..algorithms.base import Algorithm, Batch
 from ..augment import augment_batch, rand_augment
 from ..data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank, to_device
 from ..errors import RealmixError
@@ -45,7 +45,7 @@ class TrainingFeed:
         self.label_y = torch.from_numpy(labels).to(device)
         self.label_stream = IndexStream(label.count, np.random.default_rng(runtime.seeds.label))
         self.unlabel_bank = self.unlabel_stream = self.unlabel_ood = None
-        if algo.views:
+        if algo.needs.views:
             unlabel = store.subset("unlabel")
             if unlabel.count == 0:
                 raise RealmixError(f"{store.path}: {algorithm} needs unlabelled images but the split has none")
@@ -90,10 +90,10 @@ class TrainingFeed:
         y = self.label_y[idx_d]
         views: tuple[Tensor, ...] = ()
         ood = None
-        if self.algo.views:
-            uidx = self._local(self.unlabel_stream, self.algo.mu)
+        if self.algo.needs.views:
+            uidx = self._local(self.unlabel_stream, self.algo.needs.mu)
             uidx_d = to_device(uidx, device, pin=pin)
-            views = self.augment(self.unlabel_bank.gather(uidx, uidx_d), self.algo.view_kinds)
+            views = self.augment(self.unlabel_bank.gather(uidx, uidx_d), self.algo.needs.views)
             if self.unlabel_ood is not None:
                 ood = self.unlabel_ood[uidx_d]
         return Batch(x, y, views, ood)

@@ -24,12 +24,13 @@ NOT_IN_FINGERPRINT = ("algorithms", "aug_algorithms", "mismatch_algorithms", "mi
 
 
 class RunIdentity:
-    """Everything that decides what a run computes (`identity`; its hash is the `fingerprint`). train_kimg is in
-    it only where the step depends on the run's length (`length_dependence`, said for the user): elsewhere a
-    longer run is the same run continued (train longer)."""
+    """Everything that decides what a run computes (`identity`; its hash is the `fingerprint`): the algorithm
+    and its section, the top-level params it `reads`, the network, train params, split seed and data.
+    train_kimg is in it only where the step depends on the run's length (`length_dependence`, said for the
+    user): elsewhere a longer run is the same run continued (train longer)."""
 
     def __init__(self, p: Params, algorithm: str, split_seed: int, *, arch: dict[str, Any], data_id: Any,
-                 autocast_dtype: torch.dtype | None, length_dependence: list[str]):
+                 reads: tuple[str, ...], autocast_dtype: torch.dtype | None, length_dependence: list[str]):
         self.algorithm, self.length_dependence, self.train_kimg = algorithm, length_dependence, p.train.train_kimg
         skip = NOT_IN_FINGERPRINT + (() if length_dependence else ("train_kimg",))
         train = {k: v for k, v in dataclasses.asdict(p.train).items() if k not in skip}
@@ -38,8 +39,7 @@ class RunIdentity:
             "model": arch, "train": train, "split_seed": split_seed,
             "data": data_id,  # a virtual and a materialized pool of one recipe: the same data
         }
-        if algorithm == "realmix":
-            ident["tsa"] = p.tsa
+        ident.update({key: getattr(p, key) for key in reads})  # the top-level params the algorithm reads
         ident["train"]["precision"] = str(autocast_dtype or torch.float32)  # what `auto` resolved to here
         self.identity = ident
         self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

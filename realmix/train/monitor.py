@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed
-from ..algorithms import StepOut
+from ..algorithms.base import StepOut
 from ..ema import with_own_bn_stats
 from ..errors import RealmixError
 from ..inference import predict_proba

@@ -22,7 +22,8 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..algorithms import Algorithm, Batch, Progress, StepOut, build_algorithm
+from ..algorithms import build_algorithm
+from ..algorithms.base import Algorithm, Batch, Progress, StepOut
 from ..data_stream import DEVICE_BYTES
 from ..distributed import Dist
 from ..ema import EMA
@@ -54,21 +55,22 @@ class Trainer:
         section = params.algorithm(algorithm)
         self.algo: Algorithm = build_algorithm(algorithm, section, num_classes=store.num_classes,
                                                rng=np.random.default_rng(rt.rank_seed(rt.seeds.mixup)),
-                                               tsa=params.tsa)
+                                               **params.scalars())
         self.arch = dataclasses.asdict(params.model)
-        if self.algo.open_heads:  # part of the network, so EMA, checkpoints, model.pt and predict carry them
-            self.arch["open_heads"] = self.algo.open_heads
+        if self.algo.needs.open_heads:  # part of the network: EMA, checkpoints, model.pt and predict carry them
+            self.arch["open_heads"] = self.algo.needs.open_heads
         g = torch.Generator().manual_seed(derive_seed(rt.seeds.init))
         self.model = rt.place_model(build_model(self.arch, store.num_classes, store.image_shape, generator=g))
         self.model.train()
-        # every rank keeps the EMA (Mean Teacher and ICT read it as their teacher); rank 0's is evaluated and saved
+        # every rank keeps the EMA (the teacher of algorithms that declare one); rank 0's is evaluated and saved
         self.ema = EMA(self.model, t.ema, warmup=t.ema_warmup)
         if rt.fast.compile:
             self.model.compile()  # in place: state_dict keys unchanged; the EMA copy stays eager
         self.optim = OptimizerStep(self.model, self.ema, section, lr=params.learning_rate(algorithm),
                                    weight_decay=params.weight_decay(algorithm), total=self.total,
                                    fused=rt.fast.fused_adam)
-        self.algo.teacher = self.ema.model
+        if self.algo.needs.teacher:
+            self.algo.teacher = self.ema.model
         try:
             self.algo.check_batch(local_batch)
         except ValueError as e:
@@ -82,7 +84,8 @@ class Trainer:
             f"the cosine learning-rate schedule ({algorithm}.lr_schedule: cosine)"
             if self.optim.schedule == "cosine" else None) if r]
         self.run = RunIdentity(params, algorithm, split_seed, arch=self.arch, data_id=store.data_id(),
-                               autocast_dtype=rt.autocast_dtype, length_dependence=length_dependence)
+                               reads=self.algo.needs.reads, autocast_dtype=rt.autocast_dtype,
+                               length_dependence=length_dependence)
         self.monitor = Monitor(rt, store, t, algorithm=algorithm)
 
     @property
