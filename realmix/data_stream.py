@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .preaugment import VirtualPool
-from .store import ShardedArray
+from .store import ShardedArray, VirtualPool
 
 DEVICE_BYTES = 2 << 30  # image sets up to this size live on the training device; larger ones are gathered per step
 
@@ -95,7 +94,7 @@ class ImageBank:
 
 
 class PoolBank:
-    """A virtual pre-augmented pool (realmix/preaugment.py) gathered like an `ImageBank`: its source images are
+    """A virtual pre-augmented pool (realmix/store/virtual.py) gathered like an `ImageBank`: its source images are
     banked (on the device when they fit) with the pool's position -> item order, and each batch of pool images
     is computed from its source images on the training device. Bit for bit the materialized pool's images."""
 

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from .inference import Outputs, has_open_heads, predict_outputs
-from .preaugment import original_positions
-from .store import Store
+from .store import Store, original_positions
 
 
 def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
