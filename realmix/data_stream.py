@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .hardware import to_device
 from .store import ShardedArray, VirtualPool
 
 DEVICE_BYTES = 2 << 30  # image sets up to this size live on the training device; larger ones are gathered per step
@@ -50,15 +51,6 @@ class IndexStream:
         self.rng.bit_generator.state = state["pass_state"]
         self._new_pass()
         self.pos = int(state["pos"])
-
-
-def to_device(array: np.ndarray, device: torch.device, *, pin: bool = False) -> Tensor:
-    """A host array on `device`; with `pin`, through page-locked memory so the copy is asynchronous (no host
-    wait inside a training step)."""
-    host = torch.from_numpy(np.ascontiguousarray(array))
-    if pin:
-        host = host.pin_memory()
-    return host.to(device, non_blocking=pin)
 
 
 class ImageBank:
