@@ -21,6 +21,8 @@ import numpy as np
 from .inference import Outputs, has_open_heads, predict_outputs
 from .store import Store, original_positions
 
+SCORES = ("msp", "energy", "open")  # the out-of-class scores `outlier_scores` computes, in its order
+
 
 def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
     """Per image of `subset`: True where out-of-class; None when the store is not a class-mismatch split (its

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from .hardware import to_device
-from .params import MIXMODES, TSA
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
            "mix_reversed", "mixmode", "mixup_lambdas", "one_vs_all_loss", "ood_percentile_mask", "ood_threshold_mask",
            "open_targets", "sharpen", "smooth_labels", "tsa_mask", "tsa_threshold"]
+
+TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")  # `none` or a schedule of `tsa_threshold`
+MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")  # what `mixmode` mixes
 
 
 # -- label guessing --------------------------------------------------------------------------------------
