@@ -1,7 +1,7 @@
 """RealMix semi-supervised image classification, as an importable PyTorch core.
 
-Importing the package only installs the torchvision import fix below; it does not import torch, so
-data stages that never touch a tensor stay fast to start.
+Importing the package only installs the torchvision import fix below; it does not import torch itself
+(realmix.params does: the allowed values of its keys live with the torch code that implements them).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from .draws import DrawSource
-from .params import AUGMENTS
 
 __all__ = [
     "AUGMENTS",
@@ -36,6 +35,8 @@ __all__ = [
     "random_erase",
     "rgb_to_hsv",
 ]
+
+AUGMENTS = ("cifar10", "svhn", "stl10", "color", "cutout", "none")  # the kinds `augment_batch` applies
 
 # (mirror, shift) of the purely geometric augmentations; `color` adds jitter to cifar10's geometry.
 _GEOMETRY = {"cifar10": (True, 4), "svhn": (False, 4), "stl10": (True, 12), "color": (True, 4)}

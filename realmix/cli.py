@@ -14,6 +14,7 @@ from pathlib import Path
 from . import params, pipeline
 from .algorithms import ALGORITHMS
 from .errors import RealmixError
+from .openset import SCORES
 from .store import MANIFEST, Store
 
 
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict a folder of PNG/JPEG images with a trained run's model.pt",
                        description="Predict every PNG/JPEG under IMAGES (any size and mode) with a trained run. "
                        "Writes OUT/predictions.npy (probabilities) and OUT/predictions.csv (path, predicted, "
-                       "confidence, true, the out-of-class scores msp / energy / open, out_of_class); images in "
+                       f"confidence, true, the out-of-class scores {' / '.join(SCORES)}, out_of_class); images in "
                        "class subfolders or named {n}_{class} are also scored. The out_of_class flag uses the cut "
                        "the run's evaluate chose on its validation images (its eval/evaluation.json).")
     s.add_argument("--model", required=True, type=Path, help="a run's model.pt, e.g. runs/realmix/<split>/model.pt")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unreadable or non-image files: stop (default) or skip them and list them in skipped.csv")
     s.add_argument("--resize", choices=("pad", "stretch", "crop"), default="pad",
                    help="how images are fitted to the model's input size (default: pad, keeping the aspect)")
-    s.add_argument("--score", choices=("report", "msp", "energy", "open"), default="report",
+    s.add_argument("--score", choices=("report", *SCORES), default="report",
                    help="out-of-class score behind the out_of_class flag (default: the one the run's report used)")
     s = sub.add_parser("datasets", help="list the dataset stores under a folder")
     s.add_argument("root", nargs="?", default="data", type=Path)

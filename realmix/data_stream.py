@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .preaugment import VirtualPool
-from .store import ShardedArray
+from .hardware import to_device
+from .store import ShardedArray, VirtualPool
 
 DEVICE_BYTES = 2 << 30  # image sets up to this size live on the training device; larger ones are gathered per step
 
@@ -53,15 +53,6 @@ class IndexStream:
         self.pos = int(state["pos"])
 
 
-def to_device(array: np.ndarray, device: torch.device, *, pin: bool = False) -> Tensor:
-    """A host array on `device`; with `pin`, through page-locked memory so the copy is asynchronous (no host
-    wait inside a training step)."""
-    host = torch.from_numpy(np.ascontiguousarray(array))
-    if pin:
-        host = host.pin_memory()
-    return host.to(device, non_blocking=pin)
-
-
 class ImageBank:
     """uint8 images of one subset, gathered by index into an N x C x H x W tensor (channels-last memory).
 
@@ -95,7 +86,7 @@ class ImageBank:
 
 
 class PoolBank:
-    """A virtual pre-augmented pool (realmix/preaugment.py) gathered like an `ImageBank`: its source images are
+    """A virtual pre-augmented pool (realmix/store/virtual.py) gathered like an `ImageBank`: its source images are
     banked (on the device when they fit) with the pool's position -> item order, and each batch of pool images
     is computed from its source images on the training device. Bit for bit the materialized pool's images."""
 

@@ -22,13 +22,13 @@ from . import atomic
 from .checkpoint import ModelRecord
 from .errors import RealmixError
 from .metrics import classification_metrics, confusion_matrix
-from .openset import pool_metrics, score_pool
+from .openset import SCORES, pool_metrics, score_pool
 from .params import ReportParams
 from .store import Store
 
 LAST = (1, 10, 20, 50)
 # open-set figures copied into accuracy.json (the DVC metrics) of class-mismatch runs
-OPEN_SET_METRICS = ("auroc", "auroc_msp", "auroc_energy", "auroc_open", "ood_admitted", "in_admitted")
+OPEN_SET_METRICS = ("auroc", *(f"auroc_{s}" for s in SCORES), "ood_admitted", "in_admitted")
 # the out-of-class report's flag on a class-mismatch split: the share of out-of-class / in-class images flagged
 REPORT_METRICS = ("flagged_ood", "flagged_in")
 

@@ -1,4 +1,5 @@
-"""What the machine computes with: the device, the precision `auto` resolves to, and how a run names them.
+"""What the machine computes with: the device, how host arrays reach it, the precision `auto` resolves to, and
+how a run names them.
 
 Figures depend on these (bf16 and fp32 runs of one recipe differ; so can two CPU kinds), so every run records
 `describe_device` and its precision, and a resumed run is bit-identical only on the same machine kind, precision
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import platform
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import RealmixError
 
@@ -24,6 +26,15 @@ def pick_device(name: str) -> torch.device:
             raise RealmixError("params: train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def to_device(array: np.ndarray, device: torch.device, *, pin: bool = False) -> Tensor:
+    """A host array on `device`; with `pin`, through page-locked memory so the copy is asynchronous (no host
+    wait inside a training step)."""
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if pin:
+        host = host.pin_memory()
+    return host.to(device, non_blocking=pin)
 
 
 def native_bf16(device: torch.device) -> bool:

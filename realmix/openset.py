@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from .inference import Outputs, has_open_heads, predict_outputs
-from .preaugment import original_positions
-from .store import Store
+from .store import Store, original_positions
+
+SCORES = ("msp", "energy", "open")  # the out-of-class scores `outlier_scores` computes, in its order
 
 
 def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:

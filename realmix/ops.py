@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data_stream import to_device
-from .params import MIXMODES, TSA
+from .hardware import to_device
 
 __all__ = ["MIXMODES", "TSA", "frozen_bn_stats", "interleave", "interleave_offsets", "masked_mean", "mix_pair",
            "mix_reversed", "mixmode", "mixup_lambdas", "one_vs_all_loss", "ood_percentile_mask", "ood_threshold_mask",
            "open_targets", "sharpen", "smooth_labels", "soft_cross_entropy", "tsa_mask", "tsa_threshold"]
+
+TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")  # `none` or a schedule of `tsa_threshold`
+MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")  # what `mixmode` mixes
 
 
 # -- label guessing --------------------------------------------------------------------------------------

@@ -20,12 +20,17 @@ from typing import Any, Literal
 
 import yaml
 
+# AUGMENTS, SCORES, TSA, STORAGES: the allowed values of keys that name what some code implements live with that
+# code (torch modules: importing params imports torch)
 from .algorithms import ALGORITHMS
 from .algorithms.sections import AlgorithmParams
+from .augment import AUGMENTS
 from .errors import RealmixError
+from .openset import SCORES
+from .ops import TSA
+from .store import STORAGES
 
 SOURCES = ("digits", "cifar10", "cifar100", "svhn", "stl10", "fashion_mnist", "folder")
-AUGMENTS = ("cifar10", "svhn", "stl10", "color", "cutout", "none")
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -146,14 +151,14 @@ class PreaugmentParams:
 
     copies: list[int] = field(default_factory=lambda: [50])  # aug_copy values; [] runs no pre-augmentation
     mismatch_copies: list[int] = field(default_factory=list)  # the same for each mismatch split
-    augment: Literal["cifar10", "svhn", "stl10", "color", "cutout", "none"] = "cifar10"
+    augment: Literal[AUGMENTS] = "cifar10"
     keep_originals: bool = True  # also keep each original unlabelled image (the original dropped them)
     seed: int = 1
     cutout_prob: float = 0.3  # probability that random erasing is applied to an image
     shard_size: int = 65536  # images per output shard of a materialized pool (bounds memory)
     # virtual: the stage writes the recipe and the pool is computed where it is read (the same images, bit for
     # bit); materialized: the pool's images are written to disk
-    storage: Literal["materialized", "virtual"] = "virtual"
+    storage: Literal[STORAGES] = "virtual"
 
     def validate(self) -> None:
         for key in ("copies", "mismatch_copies"):
@@ -166,8 +171,6 @@ class PreaugmentParams:
             raise RealmixError(f"params: preaugment.shard_size={self.shard_size} must be >= 1")
 
 
-TSA = ("none", "linear_schedule", "exp_schedule", "log_schedule")
-MIXMODES = ("xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx")
 
 
 def _check_algorithms(values: list[str], key: str) -> None:
@@ -222,7 +225,7 @@ class TrainParams:
     report_kimg: float = 64  # evaluate and log every report_kimg
     save_kimg: float = 64  # checkpoint every save_kimg
     keep_ckpt: int = 50  # checkpoints kept
-    augment: Literal["cifar10", "svhn", "stl10", "color", "cutout", "none"] = "cifar10"  # per-step augmentation
+    augment: Literal[AUGMENTS] = "cifar10"  # per-step augmentation
     cutout_prob: float = 0.3  # augment=cutout: probability of erasing a box
     eval_batch: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -270,7 +273,7 @@ class TrainParams:
 
 # Top-level scalar keys (swept verbatim: `dvc exp run -S tsa=linear_schedule`) and their defaults.
 SCALARS: dict[str, tuple[Any, Any]] = {
-    "tsa": (Literal["none", "linear_schedule", "exp_schedule", "log_schedule"], "none"),
+    "tsa": (Literal[TSA], "none"),
 }
 
 
@@ -278,7 +281,7 @@ SCALARS: dict[str, tuple[Any, Any]] = {
 class ReportParams:
     """`report`: the out-of-class report of a run's unlabelled images (written by `evaluate`)."""
 
-    score: Literal["auto", "msp", "energy", "open"] = "auto"  # the score that sets the out_of_class flag
+    score: Literal[("auto", *SCORES)] = "auto"  # the score that sets the out_of_class flag
     keep: float = 0.95  # the cut keeps this share of the validation images (known in-class) below it
     grid: int = 64  # images in the out-of-class and test-mistake grids
     per_class: int = 8  # most confident unlabelled images shown per predicted class

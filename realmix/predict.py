@@ -37,12 +37,12 @@ from .errors import RealmixError
 from .hardware import pick_device
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
 from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs
-from .openset import outlier_scores
+from .openset import SCORES, outlier_scores
 
 ON_ERROR = ("fail", "skip")
 RESIZE = ("pad", "stretch", "crop")
 DEVICES = ("auto", "cpu", "cuda")
-SCORES = ("report", "msp", "energy", "open")
+FLAG_SCORES = ("report", *SCORES)  # what `score` may name: the run's report's choice, or a score itself
 CHUNK = 4096  # images decoded and predicted at a time (bounds memory on large folders)
 _SKIP_HINT = "(or use --on-error skip)"
 
@@ -96,10 +96,11 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
 
     on_error: `fail` stops at the first non-image or unreadable file (one-line RealmixError naming it);
     `skip` leaves such files out and lists them. resize: how non-square images are fitted (images.fit).
-    score: the out-of-class score behind the flag: `report` (the one the run's report used) or msp | energy | open.
+    score: the out-of-class score behind the flag: `report` (the one the run's report used) or one of `SCORES`.
     """
     for name, value, allowed in (("weights", weights, tuple(WEIGHTS)), ("on_error", on_error, ON_ERROR),
-                                 ("resize", resize, RESIZE), ("device", device, DEVICES), ("score", score, SCORES)):
+                                 ("resize", resize, RESIZE), ("device", device, DEVICES),
+                                 ("score", score, FLAG_SCORES)):
         if value not in allowed:
             raise RealmixError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -202,7 +203,7 @@ def _cut(model_path: Path, score: str, heads: bool, weights: str) -> tuple[str, 
     run's eval/evaluation.json next to model.pt; cut None (and the note says why) where there is none."""
     if score == "open" and not heads:
         raise RealmixError(f"{model_path}: --score open needs an open-set head, which this run's network does not "
-                           "have (only iomatch has one); use msp or energy")
+                           f"have (only iomatch has one); use {' or '.join(s for s in SCORES if s != 'open')}")
     path = model_path.parent / "eval" / "evaluation.json"
     how = "run `dvc repro` (its evaluate stage) for this run to choose one on its validation images"
     if weights != "ema":

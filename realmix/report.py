@@ -26,7 +26,7 @@ import torch
 
 from .errors import RealmixError
 from .inference import Outputs
-from .openset import ScoredPool, outlier_scores, own_score
+from .openset import SCORES, ScoredPool, outlier_scores, own_score
 from .params import ReportParams
 
 MIN_SIDE = 64  # grid cells are scaled up (nearest neighbour) to at least this many pixels, so small images show
@@ -38,7 +38,7 @@ def choose_score(requested: str, model: Any) -> str:
         return own_score(model)
     if requested == "open" and own_score(model) != "open":
         raise RealmixError("params: report.score=open but this run's network has no open-set head (only iomatch "
-                           "has one); use auto, msp or energy")
+                           f"has one); use auto, {' or '.join(s for s in SCORES if s != 'open')}")
     return requested
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from realmix.evaluate import evaluate_run
 from realmix.inference import Outputs
 from realmix.openset import admitted_shares, auroc, ood_flags, outlier_scores, pool_metrics
-from realmix.preaugment import original_positions, preaugment
-from realmix.store import Store
+from realmix.preaugment import preaugment
+from realmix.store import Store, original_positions
 from realmix.summary import RunRef, aggregate, report, write_summary
 from realmix.train import Trainer
 from tests.helpers import Crafted, mismatch, tiny_params

@@ -14,7 +14,7 @@ from realmix import preaugment as pa
 from realmix.augment import AUGMENTS
 from realmix.data_stream import ImageBank, PoolBank, image_bank
 from realmix.errors import RealmixError
-from realmix.store import Store, StoreWriter
+from realmix.store import Store, StoreWriter, item_order, original_positions
 
 CLASSES = ["a", "b", "c"]
 SIZES = {"label": 6, "unlabel": 20, "valid": 5, "test": 7}
@@ -99,7 +99,7 @@ def test_originals_kept_unaugmented_and_copies_spread(tmp_path):
     src = make_split(tmp_path / "src")
     out = run(src, tmp_path / "out", copies=5)
     images = out.subset("unlabel").images[:]
-    positions = pa.original_positions(out)
+    positions = original_positions(out)
     assert np.array_equal(images[positions], src.subset("unlabel").images[:])  # each original, unaugmented
     pool = digests(images)
     originals = digests(src.subset("unlabel").images[:])
@@ -198,7 +198,7 @@ def test_virtual_and_materialized_pools_are_byte_identical(tmp_path, monkeypatch
     assert all(np.array_equal(vp.images[int(i)], images[i]) for i in order[:5])
     assert np.array_equal(vp.labels, mp.labels)
     sources = src.subset("unlabel").images[:]
-    unaugmented = sources[pa.item_order(1, len(images)) % 20]  # position p holds a copy of source image item % n
+    unaugmented = sources[item_order(1, len(images)) % 20]  # position p holds a copy of source image item % n
     assert np.array_equal(images, unaugmented) == (augment == "none")
     for subset in ("label", "valid", "test"):
         assert np.array_equal(v.subset(subset).images[:], m.subset(subset).images[:])
@@ -206,8 +206,8 @@ def test_virtual_and_materialized_pools_are_byte_identical(tmp_path, monkeypatch
     assert v.data_id() == m.data_id() != src.data_id()
     assert v.meta["preaugment"]["storage"] == "virtual" and m.meta["preaugment"]["storage"] == "materialized"
     if kw["keep_originals"]:
-        positions = pa.original_positions(v)
-        assert np.array_equal(positions, pa.original_positions(m))
+        positions = original_positions(v)
+        assert np.array_equal(positions, original_positions(m))
         assert np.array_equal(vp.images[positions], sources)
 
 

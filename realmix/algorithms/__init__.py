@@ -13,53 +13,48 @@ Each registry entry ties a name to its params.yaml section (a dataclass of `sect
 CLI's lists and the docs' checks all derive from `ALGORITHMS`. To add an algorithm: its section dataclass in
 `sections.py`, its class (with `declare`) in a module here, one entry below, its section in params.yaml and a row
 in docs/training.md's table.
-
-This module and `sections.py` import no torch: params.yaml is parsed by every stage and by `realmix --help`, so
-a class is imported only when it is first asked for.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from . import sections
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from .base import Algorithm
+from .base import Algorithm
+from .baselines import VAT, PiModel, PseudoLabel, SSLMixUp, SupervisedMixUp
+from .fixmatch import FixMatch
+from .iomatch import IOMatch
+from .mixmatch import MixMatch
+from .realmix import RealMix
+from .supervised import Supervised
+from .teachers import ICT, MeanTeacher
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered algorithm: its params section's dataclass and where its class lives (module:Class here)."""
+    """A registered algorithm: its params section's dataclass and its class."""
 
     params: type[sections.AlgorithmParams]
-    where: str
-
-    @property
-    def algorithm(self) -> type[Algorithm]:
-        """The Algorithm class (importing its module, and torch, on first use)."""
-        module, cls = self.where.split(":")
-        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    algorithm: type[Algorithm]
 
 
 # name -> entry, in params.yaml's order (the order of the sections, the CLI's help and the test sweeps)
 ALGORITHMS: dict[str, Entry] = {
-    "supervised": Entry(sections.SupervisedParams, "supervised:Supervised"),
-    "supervised_mixup": Entry(sections.SupervisedMixUpParams, "baselines:SupervisedMixUp"),
-    "pi_model": Entry(sections.PiModelParams, "baselines:PiModel"),
-    "pseudo_label": Entry(sections.PseudoLabelParams, "baselines:PseudoLabel"),
-    "mean_teacher": Entry(sections.MeanTeacherParams, "teachers:MeanTeacher"),
-    "ict": Entry(sections.ICTParams, "teachers:ICT"),
-    "vat": Entry(sections.VATParams, "baselines:VAT"),
-    "mixup": Entry(sections.SSLMixUpParams, "baselines:SSLMixUp"),
-    "mixmatch": Entry(sections.MixMatchParams, "mixmatch:MixMatch"),
-    "realmix": Entry(sections.RealMixParams, "realmix:RealMix"),
-    "fixmatch": Entry(sections.FixMatchParams, "fixmatch:FixMatch"),
-    "iomatch": Entry(sections.IOMatchParams, "iomatch:IOMatch"),
+    "supervised": Entry(sections.SupervisedParams, Supervised),
+    "supervised_mixup": Entry(sections.SupervisedMixUpParams, SupervisedMixUp),
+    "pi_model": Entry(sections.PiModelParams, PiModel),
+    "pseudo_label": Entry(sections.PseudoLabelParams, PseudoLabel),
+    "mean_teacher": Entry(sections.MeanTeacherParams, MeanTeacher),
+    "ict": Entry(sections.ICTParams, ICT),
+    "vat": Entry(sections.VATParams, VAT),
+    "mixup": Entry(sections.SSLMixUpParams, SSLMixUp),
+    "mixmatch": Entry(sections.MixMatchParams, MixMatch),
+    "realmix": Entry(sections.RealMixParams, RealMix),
+    "fixmatch": Entry(sections.FixMatchParams, FixMatch),
+    "iomatch": Entry(sections.IOMatchParams, IOMatch),
 }
 
 __all__ = ["ALGORITHMS", "Entry", "build_algorithm"]

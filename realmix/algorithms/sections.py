@@ -1,7 +1,8 @@
 """The params.yaml section of each algorithm: one frozen dataclass per section, its defaults and its checks.
 
-Kept free of torch so that parsing params.yaml (every stage, `realmix --help`) never imports it. The registry
-(`realmix.algorithms.ALGORITHMS`) ties each section to its algorithm's name and class; `realmix.params` parses them.
+The registry (`realmix.algorithms.ALGORITHMS`) ties each section to its algorithm's name and class;
+`realmix.params` parses them. Allowed values that name what some code implements (MixMatch's mix modes) come from
+that code.
 Every `validate(where)` gets the section's name, so a dataclass shared by several sections names the one it was
 read from in its one-line errors.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import RealmixError
+from ..ops import MIXMODES
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class MixMatchParams(AlgorithmParams):
     warmup_kimg: float = 1024  # w_match ramps linearly from 0 over the first warmup_kimg
     T: float = 0.5  # sharpening temperature
     nu: int = 2  # augmented views per unlabelled image
-    mixmode: Literal["xxy.yxy", ".", "xx.", ".yy", "xx.yy", "xxy.", ".yxy", "xx.yxy", "xx.yx"] = "xxy.yxy"
+    mixmode: Literal[MIXMODES] = "xxy.yxy"
 
     def validate(self, where: str) -> None:
         if not self.beta >= 0:

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from ..algorithms.base import Algorithm, Batch
 from ..augment import augment_batch, rand_augment
-from ..data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank, to_device
+from ..data_stream import DEVICE_BYTES, ImageBank, IndexStream, image_bank
 from ..errors import RealmixError
+from ..hardware import to_device
 from ..models import to_input
 from ..openset import ood_flags
 from ..params import TrainParams

@@ -1,4 +1,4 @@
-"""The one on-disk dataset format.
+"""The one on-disk dataset format: reading it (`Store`), and the table of formats `Store.open` knows.
 
 A *store* is a directory holding one dataset:
 
@@ -10,11 +10,12 @@ A *store* is a directory holding one dataset:
 Subsets are named parts of a dataset (`train`, `test`, `unlabeled`, or after a split `label`, `unlabel`,
 `valid`, `test`). Large subsets are written in several shards so that writers stream with bounded
 memory; readers memory-map the shards. The whole directory is written to a temporary sibling and renamed
-into place, so a killed writer never leaves a half store behind.
+into place, so a killed writer never leaves a half store behind (realmix/store/writer.py).
 
-A pre-augmented split may instead be *virtual* (format `realmix-virtual-pool/1`): a manifest holding the recipe of
-its unlabelled pool and the path and hashes of its source split, whose files it reads; `Store.open` returns it as
-a store like any other (realmix/preaugment.py).
+A manifest's `format` picks how its directory is read: `OPENERS` maps each format to its opener. This module
+registers its own; a pre-augmented split may instead be *virtual* (format `realmix-virtual-pool/1`, registered by
+realmix/store/virtual.py): a manifest holding the recipe of its unlabelled pool and the path and hashes of its
+source split, whose files it reads. `Store.open` returns either as a store like any other.
 """
 
 from __future__ import annotations
@@ -22,24 +23,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import atomic
-from .errors import RealmixError
+from .. import atomic
+from ..errors import RealmixError
 
 FORMAT = "realmix-store/1"
-VIRTUAL_FORMAT = "realmix-virtual-pool/1"  # a pre-augmented split stored as its recipe (realmix/preaugment.py)
 MANIFEST = "manifest.json"
 CLASS_MAPPING = "class_mapping.json"
 NAMES = "names.json"  # per subset, where each row came from (Store.row_names)
 UNKNOWN = -1  # label of an image whose class is not known
 UNKNOWN_NAME = "<unknown>"
+_STORAGE_KEYS = ("storage", "shard_size")  # how a pre-augmented pool is stored, not what it holds
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -50,159 +50,10 @@ def write_json(path: Path, obj: Any) -> None:
     atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-class StoreWriter:
-    """Writes a store into a temporary directory; `commit()` renames it into place.
-
-    Use as a context manager: leaving the block normally commits, an exception discards everything.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        class_names: Sequence[str],
-        *,
-        name: str | None = None,
-        meta: dict[str, Any] | None = None,
-        shard_size: int = 1 << 16,
-    ):
-        self.path = Path(path)
-        self.class_names = [str(c) for c in class_names]
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"duplicate class names: {self.class_names}")
-        self.name = name or self.path.name
-        self.meta = dict(meta or {})
-        self.shard_size = int(shard_size)
-        self._subsets: dict[str, dict[str, Any]] = {}
-        self._image_shape: list[int] | None = None
-        self._ctx = atomic.atomic_path(self.path, directory=True)
-        self.tmp = self._ctx.__enter__()
-        self._done = False
-
-    # -- writing -----------------------------------------------------------------------------------
-    def add(self, subset: str, images: np.ndarray, labels: np.ndarray) -> None:
-        """Append images/labels to `subset`, cut into shards of at most `shard_size` images."""
-        self._subset(subset)
-        if len(images) == 0:
-            self._check(images, labels)
-            return
-        for start in range(0, len(images), self.shard_size):
-            self.add_shard(subset, images[start : start + self.shard_size], labels[start : start + self.shard_size])
-
-    def add_shard(self, subset: str, images: np.ndarray, labels: np.ndarray) -> None:
-        """Write one shard of `subset` as it is (streaming writers call this once per chunk)."""
-        images, labels = self._check(images, labels)
-        entry = self._subset(subset)
-        k = len(entry["shards"])
-        stem = f"{subset}-{k:05d}"
-        np.save(self.tmp / f"{stem}.images.npy", images, allow_pickle=False)
-        np.save(self.tmp / f"{stem}.labels.npy", labels, allow_pickle=False)
-        entry["shards"].append(
-            {
-                "images": f"{stem}.images.npy",
-                "labels": f"{stem}.labels.npy",
-                "count": len(images),
-                "sha256_images": sha256_array(images),
-                "sha256_labels": sha256_array(labels),
-            }
-        )
-        entry["count"] += len(images)
-        entry["_counts"] += np.bincount(labels + 1, minlength=len(self.class_names) + 1)
-
-    def copy_subset(self, subset: str, source: Subset) -> None:
-        """Copy a subset of another store verbatim (shard files and hashes are reused)."""
-        entry = self._subset(subset)
-        for k, shard in enumerate(source.shards):
-            stem = f"{subset}-{k:05d}"
-            self._check_shape(source.image_shape)
-            shutil.copyfile(source.store.path / shard["images"], self.tmp / f"{stem}.images.npy")
-            shutil.copyfile(source.store.path / shard["labels"], self.tmp / f"{stem}.labels.npy")
-            entry["shards"].append(dict(shard, images=f"{stem}.images.npy", labels=f"{stem}.labels.npy"))
-            entry["count"] += shard["count"]
-        labels = source.labels
-        entry["_counts"] += np.bincount(labels + 1, minlength=len(self.class_names) + 1)
-
-    def write_json(self, filename: str, obj: Any) -> None:
-        if filename in (MANIFEST, CLASS_MAPPING):
-            raise ValueError(f"{filename} is written by commit()")
-        write_json(self.tmp / filename, obj)
-
-    def commit(self) -> Path:
-        if self._image_shape is None:
-            raise RealmixError(f"{self.path}: nothing to write (every subset is empty)")
-        subsets = {}
-        for name, entry in self._subsets.items():
-            counts = entry.pop("_counts")
-            by_class = {c: int(n) for c, n in zip(self.class_names, counts[1:], strict=True)}
-            if counts[0]:
-                by_class[UNKNOWN_NAME] = int(counts[0])
-            subsets[name] = dict(entry, class_counts=by_class)
-        manifest = {
-            "format": FORMAT,
-            "name": self.name,
-            "class_names": self.class_names,
-            "image_shape": self._image_shape,
-            "meta": self.meta,
-            "subsets": subsets,
-        }
-        write_json(self.tmp / MANIFEST, manifest)
-        # the seed's class-mapping form, {"0": "cat", ...}, beside every store (e.g. for per-class logging)
-        write_json(self.tmp / CLASS_MAPPING, {str(i): c for i, c in enumerate(self.class_names)})
-        self._done = True
-        self._ctx.__exit__(None, None, None)
-        return self.path
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            try:
-                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException as e:  # e.g. the disk filled up while writing the manifest
-                self.abort()
-                exc = e
-                if not atomic.is_disk_full(e):
-                    raise
-        else:
-            self.abort()
-        if atomic.is_disk_full(exc):
-            raise atomic.disk_full(self.path, exc) from exc
-
-    # -- checks ------------------------------------------------------------------------------------
-    def _subset(self, subset: str) -> dict[str, Any]:
-        if not subset or not subset.replace("_", "").isalnum():
-            raise ValueError(f"bad subset name {subset!r}")
-        return self._subsets.setdefault(
-            subset, {"count": 0, "shards": [], "_counts": np.zeros(len(self.class_names) + 1, np.int64)}
-        )
-
-    def _check_shape(self, shape: Sequence[int]) -> None:
-        shape = [int(s) for s in shape]
-        if self._image_shape is None:
-            self._image_shape = shape
-        elif shape != self._image_shape:
-            raise ValueError(f"image shape {shape} differs from the store's {self._image_shape}")
-
-    def _check(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.ascontiguousarray(images)
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be uint8 N x H x W x C (C=1 or 3), got {images.dtype} {images.shape}")
-        if labels.shape != (len(images),):
-            raise ValueError(f"{len(images)} images but labels of shape {labels.shape}")
-        if len(labels) and (labels.min() < UNKNOWN or labels.max() >= len(self.class_names)):
-            raise ValueError(f"labels must lie in [-1, {len(self.class_names) - 1}]")
-        if len(images):
-            self._check_shape(images.shape[1:])
-        return images, labels
+def recipe_identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """What decides a pre-augmented pool's images: its recipe (manifest meta `preaugment`) without how it is
+    stored."""
+    return {k: v for k, v in recipe.items() if k not in _STORAGE_KEYS}
 
 
 class ShardedArray:
@@ -298,13 +149,11 @@ class Store:
             manifest = json.loads(mpath.read_text())
         except (OSError, ValueError) as e:
             raise RealmixError(f"{mpath}: unreadable manifest ({e}); rerun the stage that wrote it") from e
-        if manifest.get("format") == VIRTUAL_FORMAT:
-            from .preaugment import VirtualStore  # the pool's code lives with the stage that writes it
-
-            return VirtualStore.from_manifest(path, manifest)
-        if manifest.get("format") != FORMAT:
-            raise RealmixError(f"{mpath}: unknown store format {manifest.get('format')!r} (expected {FORMAT})")
-        return cls(path, manifest)
+        opener = OPENERS.get(manifest.get("format"))
+        if opener is None:
+            raise RealmixError(f"{mpath}: unknown store format {manifest.get('format')!r} (expected one of: "
+                               f"{', '.join(OPENERS)})")
+        return opener(path, manifest)
 
     @property
     def name(self) -> str:
@@ -353,8 +202,6 @@ class Store:
         the same images, bit for bit -- are the same run data."""
         recipe = self.meta.get("preaugment")
         if isinstance(recipe, dict) and "draws" in recipe:  # written since the pool's draws are hashed
-            from .preaugment import recipe_identity
-
             content: Any = {"preaugment": recipe_identity(recipe), "class_names": self.class_names,
                             "image_shape": self.image_shape}
         else:
@@ -392,3 +239,7 @@ class Store:
                     a = np.load(self.path / s[key], mmap_mode="r", allow_pickle=False)
                     if sha256_array(a) != s[f"sha256_{key}"]:
                         raise RealmixError(f"{self.path / s[key]}: content does not match the manifest hash")
+
+
+# manifest format -> opener of its directory; every format module adds its own (realmix/store/virtual.py)
+OPENERS: dict[str, Callable[[Path, dict[str, Any]], Store]] = {FORMAT: Store}
