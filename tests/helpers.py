@@ -4,6 +4,7 @@ conftest.py; test modules import from these two and never from each other (tests
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gzip
 import hashlib
@@ -252,3 +253,83 @@ class Crafted(nn.Module):
             return logits
         open_ = torch.stack([torch.zeros_like(b)] * 3 + [8 * b], 1)  # bright = out-of-class for this head
         return logits, None, open_
+
+
+# -- the import graph of realmix/ (read with ast, nothing imported) ----------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Import:
+    """One import statement's realmix target, where it stands: `function` is the enclosing top-level function
+    (None at module level) and `command` the `args.command == "<name>"` branch it sits in, if any."""
+
+    target: str
+    function: str | None
+    command: str | None
+    line: int
+
+
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """realmix module name -> its file (a package is its __init__.py)."""
+    out = {}
+    for path in sorted((root / "realmix").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _command_of(test: ast.expr) -> str | None:
+    """"train" for a test `args.command == "train"`."""
+    if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Attribute) and test.left.attr == "command"
+            and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)):
+        return str(test.comparators[0].value)
+    return None
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
+    """The realmix modules that module `name` imports, statement by statement. `from .a import b` imports a, and
+    a.b too where b is a module; a dynamic `importlib.import_module` counts as importing every module of the
+    package it stands in (the dataset readers' table)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, function: str | None, command: str | None) -> None:
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "import_module"):
+            targets = [m for m in modules if m.startswith(package + ".")]
+        for t in targets:
+            if t in modules:
+                found.append(Import(t, function, command, getattr(node, "lineno", 0)))
+        for child in ast.iter_child_nodes(node):
+            inner = function
+            if isinstance(node, ast.Module) and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = child.name
+            branch = command
+            if isinstance(node, ast.If) and child in node.body and _command_of(node.test):
+                branch = _command_of(node.test)
+            visit(child, inner, branch)
+
+    visit(ast.parse(path.read_text()), None, None)
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, list[Import]]:
+    """Every realmix module -> its imports of realmix modules (module- and function-level)."""
+    modules = module_files(root)
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def parents(module: str) -> list[str]:
+    """The packages a module's import runs first: realmix.train.feed -> realmix, realmix.train."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]

@@ -2,23 +2,22 @@
 module imports only from its own layer or below.
 
 An import counts wherever it is written -- at module level or inside a function -- because a function-level
-import hides a cycle rather than removing it. `from .x import y` imports the module realmix.x (the package, when x
-is one); `from . import x` imports realmix.x; a package's __init__ imports what it names. Names resolved at run
-time (importlib.import_module, e.g. the source readers) are not seen.
+import hides a cycle rather than removing it; the graph is read by tests/helpers.py (`import_graph`, which
+tests/test_stage_deps.py reads too): `from .x import y` imports realmix.x, and realmix.x.y where y is a module;
+`importlib.import_module` (the dataset readers' table) imports every module of its package.
 """
 
 from __future__ import annotations
 
-import ast
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "realmix"
+from tests.helpers import ROOT, import_graph, module_files
 
 # Low to high: a module may import its own layer and those listed before it. An entry is a module or a package
-# (covering its submodules, so `realmix.train` holds train.py or a future train/ package). Every module must be
+# (covering its submodules: `realmix.train` is the trainer package). Every module must be
 # placed: a new module chooses its layer here.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["realmix", "realmix.errors", "realmix.atomic", "realmix.draws", "realmix.hardware",
@@ -39,55 +38,20 @@ LAYERS: list[tuple[str, list[str]]] = [
 ]
 
 
-def _modules() -> dict[str, Path]:
-    """Dotted name -> file of every module under realmix/ (a package is its __init__.py)."""
-    out = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        out[".".join(parts)] = path
-    return out
-
-
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
-    """(imported realmix module, line) for every import statement in the file, at any depth."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
-            # `from pkg import sub` imports the submodule; `from mod import name` imports the module
-            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
-        else:
-            continue
-        for t in targets:
-            while t and t not in modules:  # `import realmix.x.y` where y is not a module file: its package
-                t = t.rpartition(".")[0]
-            if t and t != name:
-                found.append((t, node.lineno))
-    return found
-
-
 def _graph() -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
-    modules = _modules()
+    """Module -> file, and module -> {imported module: the line of its first import}."""
     graph: dict[str, dict[str, int]] = {}
-    for name, path in modules.items():
+    for name, imports in import_graph().items():
         edges: dict[str, int] = {}
-        for target, line in _imports(name, path, modules):
-            edges.setdefault(target, line)
+        for imp in imports:
+            if imp.target != name:
+                edges.setdefault(imp.target, imp.line)
         graph[name] = edges
-    return modules, graph
+    return module_files(), graph
 
 
 def _where(modules: dict[str, Path], name: str, line: int) -> str:
-    return f"{modules[name].relative_to(ROOT.parent)}:{line}"
+    return f"{modules[name].relative_to(ROOT)}:{line}"
 
 
 def _find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:

@@ -8,26 +8,12 @@ reader of a multi-GB archive never has to hold it in memory at once.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from ..params import DatasetParams
 from ..store import Store, StoreWriter
-
-Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class RawDataset:
-    class_names: list[str]
-    subsets: dict[str, Chunks]  # e.g. train, test, unlabeled, extra
-    meta: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # extra JSON files written beside the arrays
-
+from .raw import Chunks, RawDataset  # the readers' contract (readers import it from there)
 
 # source name -> "module:function" taking DatasetParams and returning a RawDataset
 READERS: dict[str, str] = {
@@ -57,3 +43,6 @@ def build_dataset(p: DatasetParams, out: str | Path) -> Store:
         for filename, obj in raw.extras.items():
             w.write_json(filename, obj)
     return Store.open(out)
+
+
+__all__ = ["READERS", "Chunks", "RawDataset", "build_dataset", "reader"]

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..errors import RealmixError
 from ..params import DatasetParams
-from . import RawDataset
 from .archive import ArchiveSpec, Lazy, TarArchive, fetch, open_tar
+from .raw import RawDataset
 
 PIXELS = 3 * 32 * 32
 CHUNK = 10_000  # records decoded per chunk (~30 MB)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..params import DatasetParams
-from . import RawDataset
+from .raw import RawDataset
 
 _TEST_SEED = 0  # the train/test cut is part of the dataset definition, not an experiment seed
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import RealmixError
 from ..params import DatasetParams
-from . import RawDataset
 from .archive import ArchiveSpec, DownloadError, fetch_contents, gunzip
+from .raw import RawDataset
 
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"

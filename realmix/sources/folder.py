@@ -18,7 +18,7 @@ from ..errors import RealmixError
 from ..images import UNLABELED_DIRS, Problems, class_from_name, is_hidden, list_files, load_many
 from ..params import DatasetParams
 from ..store import UNKNOWN
-from . import RawDataset
+from .raw import RawDataset
 
 
 def labelled_files(split_dir: Path, problems: Problems) -> list[tuple[Path, str]]:

@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import RealmixError
 from ..params import DatasetParams
 from ..store import UNKNOWN
-from . import RawDataset
 from .archive import ArchiveSpec, Lazy, TarArchive, fetch, open_tar
+from .raw import RawDataset
 
 SIDE = 96
 PIXELS = 3 * SIDE * SIDE

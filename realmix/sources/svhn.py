@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import RealmixError
 from ..params import DatasetParams
-from . import RawDataset
 from .archive import ArchiveSpec, Lazy, fetch
+from .raw import RawDataset
 
 CHUNK = 16_384  # images transposed and handed to the store writer at a time (~50 MB)
 CLASS_NAMES = [str(d) for d in range(10)]
