@@ -1,4 +1,4 @@
-"""AUROC of each out-of-class score (msp, energy, IOMatch's open head) over the trained class-mismatch runs of a
+"""AUROC of each out-of-class score (msp, energy, kNN, IOMatch's open head) over the trained class-mismatch runs of a
 project, paired by run: which score finds the out-of-class unlabelled images best.
 
     .venv/bin/python benchmarks/outlier_scores.py            # in a project where the mismatch study has run
@@ -6,7 +6,8 @@ project, paired by run: which score finds the out-of-class unlabelled images bes
 
 Reads every runs/<algorithm>/<mismatch split>/model.pt at the given levels (AUROC is undefined at 0 and 100 %),
 scores its split's unlabelled pool as `evaluate` does (the run's precision, originals of a pre-augmented pool) and
-prints, per algorithm and level, the mean +- sample std over seeds of each score's AUROC and of energy - msp.
+prints, per algorithm and level, the mean +- sample std over seeds of each score's AUROC (realmix.openset.SCORES)
+and of energy - msp.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from realmix.inference import load_model  # noqa: E402
-from realmix.openset import auroc, outlier_scores, score_pool  # noqa: E402
+from realmix.openset import SCORES, auroc, score_pool  # noqa: E402
 from realmix.store import Store  # noqa: E402
 
 LEVEL = re.compile(r"_mismatch(\d+)(_aug\d+)?\.")
@@ -47,18 +48,17 @@ def main(argv: list[str] | None = None) -> None:
         pool = score_pool(model, Store.open(args.root / "data" / "splits" / split), batch=500,
                           autocast_dtype=record.autocast_dtype)
         key = (algorithm + ("(aug)" if m[2] else ""), int(m[1]))
-        results.setdefault(key, []).append({k: auroc(s, pool.ood) for k, s in outlier_scores(pool.outputs).items()})
+        results.setdefault(key, []).append({k: auroc(s, pool.ood) for k, s in pool.scores().items()})
     if not results:
         raise SystemExit(f"{args.root}: no trained mismatch runs at levels {args.levels}")
-    print(f"{'algorithm':16s} level runs  {'AUROC msp':16s}  {'AUROC energy':16s}  {'AUROC open':16s}  "
-          "energy - msp (energy higher)")
+    print(f"{'algorithm':16s} level runs  " + "".join(f"{'AUROC ' + s:18s}" for s in SCORES)
+          + "energy - msp (energy higher)")
     for (algorithm, level), rows in sorted(results.items()):
-        msp = [r["msp"] for r in rows]
-        energy = [r["energy"] for r in rows]
-        opened = [r["open"] for r in rows if "open" in r]
-        diff = [e - s for e, s in zip(energy, msp, strict=True)]
-        print(f"{algorithm:16s} {level:5d} {len(rows):4d}  {mean_std(msp):16s}  {mean_std(energy):16s}  "
-              f"{mean_std(opened) if opened else 'n/a':16s}  {mean_std(diff)} ({sum(d > 0 for d in diff)}/{len(diff)})")
+        cells = [[r[s] for r in rows if s in r] for s in SCORES]
+        diff = [r["energy"] - r["msp"] for r in rows]
+        print(f"{algorithm:16s} {level:5d} {len(rows):4d}  "
+              + "".join(f"{mean_std(c) if c else 'n/a':18s}" for c in cells)
+              + f"{mean_std(diff)} ({sum(d > 0 for d in diff)}/{len(diff)})")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ class ModelRecord:
     world_size: int = 1
     fingerprint: str | None = None
     ema_bn: str | None = None  # how the EMA model's BN statistics were made (train.ema_bn)
+    # the kNN out-of-class score's reference: the normalised pooled features of the run's labelled images by the
+    # evaluated EMA model (openset.label_features), so `realmix predict` scores a folder without the split
+    label_features: Tensor | None = None
 
     INPUT = "uint8 NCHW -> x * 2/255 - 1"  # how the network reads images (models.to_input)
     _DTYPE_NAMES = {str(torch.float32): "fp32", str(torch.bfloat16): "bf16"}
@@ -118,6 +121,7 @@ class ModelRecord:
             "threads": self.threads, "fast_path": self.fast_path, "world_size": self.world_size,
             "fingerprint": self.fingerprint, "model": self.model, "ema_bn": self.ema_bn, "raw_model": self.raw_model,
             "metrics": self.history[-1] if self.history else {}, "history": self.history,
+            "label_features": self.label_features,
         }
 
     @classmethod

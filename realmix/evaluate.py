@@ -127,7 +127,8 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
         medians.update({k: v for k, v in open_set.items() if k in OPEN_SET_METRICS})
     valid = None
     if store.has("valid") and store.subset("valid").count:
-        valid = predict_outputs(model, store.subset("valid").images, batch=batch, autocast_dtype=amp, open_head=True)
+        valid = predict_outputs(model, store.subset("valid").images, batch=batch, autocast_dtype=amp, open_head=True,
+                                features=True)
     test_names = store.row_names("test") or [f"test/{i}" for i in range(test.count)]
 
     out = run_dir / "eval"

@@ -64,31 +64,40 @@ def predict_proba(model: nn.Module, images: Any, *, batch: int = 256, device: to
 class Outputs:
     """What a network says about N images: class probabilities (N x K), the energy -logsumexp(logits) (N; higher
     = less like any trained class, Liu et al. 2020) and, for a network with open-set heads when asked for, the
-    open head's (K+1)-way probabilities (N x (K+1), the last column = out-of-class); else None."""
+    open head's (K+1)-way probabilities (N x (K+1), the last column = out-of-class); else None. `features`: when
+    asked for, the L2-normalised pooled features the classifier reads (N x F float32; the kNN score's input)."""
 
     probs: np.ndarray
     energy: np.ndarray
     open_probs: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 @torch.inference_mode()
 def predict_outputs(model: nn.Module, images: Any, *, batch: int = 256, device: torch.device | str | None = None,
-                    autocast_dtype: torch.dtype | None = None, progress: Any = None, open_head: bool = False
-                    ) -> Outputs:
+                    autocast_dtype: torch.dtype | None = None, progress: Any = None, open_head: bool = False,
+                    features: bool = False) -> Outputs:
     """`predict_proba`'s probabilities with the energy of each image and, with `open_head` on a network that has
-    the open-set heads, the open head's probabilities. One forward per batch."""
+    the open-set heads, the open head's probabilities; with `features`, the normalised pooled features (the same
+    forward, split at the pooling: `model.embed`, then `model.fc`). One forward per batch."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     heads = open_head and has_open_heads(model)
     was_training = model.training
     model.eval()
-    out, out_energy, out_open = [], [], []
+    out, out_energy, out_open, out_features = [], [], [], []
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     try:
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.array(images[i:i + batch])).to(device).permute(0, 3, 1, 2)
             with amp:
-                if heads:
+                if features:
+                    pooled = model.embed(to_input(x))
+                    logits = model.fc(pooled).float()
+                    out_features.append(torch.nn.functional.normalize(pooled.float(), dim=1).cpu())
+                    if heads:
+                        out_open.append(model.heads(pooled)[1].softmax(-1).cpu())
+                elif heads:
                     logits, _, logits_open = model(to_input(x), heads=True)
                     out_open.append(logits_open.softmax(-1).cpu())
                 else:
@@ -102,7 +111,10 @@ def predict_outputs(model: nn.Module, images: Any, *, batch: int = 256, device: 
     k = model.fc.out_features if hasattr(model, "fc") else 0
     probs = torch.cat(out).float().numpy() if out else np.zeros((0, k), np.float32)
     energy = torch.cat(out_energy).numpy() if out_energy else np.zeros(0, np.float32)
-    open_probs = None
+    open_probs = pooled_features = None
     if heads:
         open_probs = torch.cat(out_open).numpy() if out_open else np.zeros((0, k + 1), np.float32)
-    return Outputs(probs, energy, open_probs)
+    if features:
+        width = model.fc.in_features if hasattr(model, "fc") else 0
+        pooled_features = torch.cat(out_features).numpy() if out_features else np.zeros((0, width), np.float32)
+    return Outputs(probs, energy, open_probs, pooled_features)

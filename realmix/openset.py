@@ -4,9 +4,10 @@ On a class-mismatch split (realmix/mismatch.py) the class of every unlabelled im
 in-class (one of the labelled classes) or out-of-class. A run is scored there with:
 - AUROC of an out-of-class score over the unlabelled pool (scikit-learn's roc_auc_score; in-class = 0, out-of-
   class = 1; 0.5 = chance, below 0.5 = the score ranks out-of-class images as *more* in-class). The scores:
-  `msp`: 1 - max softmax probability and `energy`: -logsumexp(logits) (every model); `open`: the out-of-class
-  probability of IOMatch's (K+1)-way open head (models with open-set heads). Each run's own score (`auroc`) is
-  `open` where the model has the head, else `msp`.
+  `msp`: 1 - max softmax probability and `energy`: -logsumexp(logits) (every model); `knn`: the distance of an
+  image's L2-normalised pooled features to the nearest of the run's labelled images' (Sun et al., ICML 2022, with
+  k = 1: a run has few labels); `open`: the out-of-class probability of IOMatch's (K+1)-way open head (models with
+  open-set heads). Each run's own score (`auroc`) is `open` where the model has the head, else `msp`.
 - the share of out-of-class (and of in-class) unlabelled images that the method's mask admitted into its
   unlabelled loss during training, from the training logs (train/ood_admitted, train/in_admitted).
 """
@@ -21,7 +22,8 @@ import numpy as np
 from .inference import Outputs, has_open_heads, predict_outputs
 from .store import Store, original_positions
 
-SCORES = ("msp", "energy", "open")  # the out-of-class scores `outlier_scores` computes, in its order
+SCORES = ("msp", "energy", "knn", "open")  # the out-of-class scores `outlier_scores` computes, in its order
+KNN_K = 1  # the k-th nearest labelled image (Sun et al. use k = 50 of 50,000; a run here has 30 to a few hundred)
 
 
 def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
@@ -37,11 +39,33 @@ def ood_flags(store: Store, subset: str = "unlabel") -> np.ndarray | None:
     return np.isin(labels, ood)
 
 
-def outlier_scores(out: Outputs) -> dict[str, np.ndarray]:
+def knn_distance(features: np.ndarray, bank: np.ndarray, k: int = KNN_K, chunk: int = 4096) -> np.ndarray:
+    """Per row of `features`, the Euclidean distance to its k-th nearest row of `bank` (both L2-normalised, so
+    d^2 = 2 - 2 cos), computed `chunk` rows at a time."""
+    if len(bank) < k:
+        raise ValueError(f"the kNN score needs at least {k} labelled images, got {len(bank)}")
+    out = np.empty(len(features), np.float32)
+    b = bank.astype(np.float32, copy=False)
+    for i in range(0, len(features), chunk):
+        sim = features[i:i + chunk].astype(np.float32, copy=False) @ b.T
+        kth = np.partition(-sim, k - 1, axis=1)[:, k - 1]  # -(k-th largest cosine)
+        out[i:i + chunk] = np.sqrt(np.clip(2.0 + 2.0 * kth, 0.0, None))
+    return out
+
+
+def label_features(model: Any, images: Any, *, batch: int = 256, autocast_dtype: Any = None) -> np.ndarray:
+    """The kNN score's reference: the normalised pooled features of a run's labelled images (N x F float32)."""
+    return predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, features=True).features
+
+
+def outlier_scores(out: Outputs, bank: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every out-of-class score (higher = more likely out-of-class) a network's outputs offer: `msp` = 1 - max
-    softmax probability, `energy` = -logsumexp(logits), and `open` = the open head's out-of-class probability
-    where the network has one."""
+    softmax probability, `energy` = -logsumexp(logits), `knn` = the distance to the nearest labelled image's
+    features where `bank` (`label_features`) and the outputs' features are given, and `open` = the open head's
+    out-of-class probability where the network has one."""
     scores = {"msp": 1.0 - out.probs.max(1), "energy": out.energy}
+    if bank is not None and out.features is not None:
+        scores["knn"] = knn_distance(out.features, bank)
     if out.open_probs is not None:
         scores["open"] = out.open_probs[:, -1]
     return scores
@@ -76,7 +100,8 @@ def admitted_shares(history: list[dict[str, float]]) -> dict[str, Any]:
 class ScoredPool:
     """A split's unlabelled images as scored by a model: the images (N x H x W x C uint8), their names
     (Store.row_names), their stored classes (-1 unknown), out-of-class flags where the split is a class-mismatch
-    split (else None), the model's outputs and what was scored."""
+    split (else None), the model's outputs, what was scored and the kNN score's reference (`label_features`;
+    None: no kNN)."""
 
     images: np.ndarray
     names: list[str]
@@ -84,11 +109,15 @@ class ScoredPool:
     ood: np.ndarray | None
     outputs: Outputs
     scored_on: str
+    bank: np.ndarray | None = None
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return outlier_scores(self.outputs, self.bank)
 
 
 def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None) -> ScoredPool:
-    """Score a split's unlabelled pool with `model` (open head included where it has one). A pre-augmented pool
-    is scored on its unaugmented originals where it kept them, so each image counts once."""
+    """Score a split's unlabelled pool with `model` (open head and kNN to the split's labelled images included).
+    A pre-augmented pool is scored on its unaugmented originals where it kept them, so each image counts once."""
     pool = store.subset("unlabel")
     positions = original_positions(store)
     names = store.row_names("unlabel")
@@ -103,9 +132,11 @@ def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: An
         names = [f"unlabel/{int(i)}" for i in positions]
     images = np.asarray(pool.images[positions])
     ood = ood_flags(store, "unlabel")
-    outputs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True)
+    outputs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True,
+                              features=True)
+    bank = label_features(model, store.subset("label").images, batch=batch, autocast_dtype=autocast_dtype)
     return ScoredPool(images, names, pool.labels[positions], None if ood is None else ood[positions], outputs,
-                      scored)
+                      scored, bank)
 
 
 def pool_metrics(model: Any, store: Store, history: list[dict[str, float]], *, batch: int = 256,
@@ -113,15 +144,15 @@ def pool_metrics(model: Any, store: Store, history: list[dict[str, float]], *, b
     """The open-set metrics of a trained model on its split's unlabelled pool; None unless the split is a
     class-mismatch split. `scored` reuses a `score_pool` result of the same model and store.
 
-    Returns the AUROC of each score the model offers (auroc_msp, auroc_energy, auroc_open), the run's own (auroc,
-    with `score` naming it), the admitted shares from training, and the pool's size and out-of-class count.
+    Returns the AUROC of each score the model offers (auroc_msp, auroc_energy, auroc_knn, auroc_open), the run's
+    own (auroc, with `score` naming it), the admitted shares from training, and the pool's size and out-of-class count.
     """
     if ood_flags(store, "unlabel") is None:
         return None
     if scored is None:
         scored = score_pool(model, store, batch=batch, autocast_dtype=autocast_dtype)
     ood = scored.ood
-    scores = outlier_scores(scored.outputs)
+    scores = scored.scores()
     out: dict[str, Any] = {f"auroc_{name}": auroc(s, ood) for name, s in scores.items()}
     own = own_score(model)
     out.update({"auroc": out[f"auroc_{own}"], "score": own, "unlabelled_scored": int(len(ood)),

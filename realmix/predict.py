@@ -112,6 +112,12 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
     dev = pick_device(device)
     model, record = load_model(model_path, weights, dev)
     amp = record.autocast_dtype  # the run's own precision, as `evaluate`: the same label for the same image
+    # the kNN score's reference (the EMA model's features of the run's labelled images); an older model.pt has none
+    bank = record.label_features.numpy() if record.label_features is not None and weights == "ema" else None
+    if score == "knn" and bank is None:
+        raise RealmixError(f"{model_path}: --score knn needs the labelled images' features, which this model.pt "
+                           "does not hold (made by an earlier version, or --weights raw); retrain the run "
+                           "(`dvc repro`) or use another --score")
     cut_score, cut, cut_note = _cut(Path(model_path), score, has_open_heads(model), weights)
     class_names: list[str] = list(record.class_names)
     h, w, c = record.image_shape
@@ -163,7 +169,8 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
                     kept.append(rel)
                 if arrays:
                     parts.append(predict_outputs(model, np.stack(arrays), batch=batch, device=dev,
-                                                 autocast_dtype=amp, progress=pred_bar.update, open_head=True))
+                                                 autocast_dtype=amp, progress=pred_bar.update, open_head=True,
+                                                 features=bank is not None))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if not kept:
@@ -171,7 +178,7 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
                            f"(first: {skipped[0][0]}: {skipped[0][1]})")
 
     probs = np.concatenate([o.probs for o in parts]).astype(np.float32, copy=False)
-    part_scores = [outlier_scores(o) for o in parts]
+    part_scores = [outlier_scores(o, bank) for o in parts]
     scores = {k: np.concatenate([s[k] for s in part_scores]) for k in part_scores[0]}
     flags = None if cut is None else scores[cut_score] > cut
     pred = probs.argmax(1)

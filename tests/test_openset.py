@@ -11,8 +11,16 @@ import torch
 from PIL import Image
 
 from realmix.evaluate import evaluate_run
-from realmix.inference import Outputs
-from realmix.openset import admitted_shares, auroc, ood_flags, outlier_scores, pool_metrics
+from realmix.inference import Outputs, load_model
+from realmix.openset import (
+    admitted_shares,
+    auroc,
+    knn_distance,
+    label_features,
+    ood_flags,
+    outlier_scores,
+    pool_metrics,
+)
 from realmix.preaugment import preaugment
 from realmix.store import Store, original_positions
 from realmix.summary import RunRef, aggregate, report, write_summary
@@ -43,6 +51,28 @@ def test_auroc_direction_and_undefined_cases():
     assert set(outlier_scores(Outputs(probs, np.zeros(2)))) == {"msp", "energy"}
 
 
+def test_knn_distance_on_features_of_known_distance():
+    """The kNN score is the Euclidean distance of normalised features to the k-th nearest labelled feature."""
+    e1, e2 = np.eye(2, dtype=np.float32)
+    bank = np.stack([e1, e2])
+    diagonal = (e1 + e2) / np.sqrt(2)
+    features = np.stack([e1, diagonal, -e1, -diagonal])
+    np.testing.assert_allclose(knn_distance(features, bank), [0.0, np.sqrt(2 - np.sqrt(2)), np.sqrt(2), 2.0 *
+                                                             np.sin(3 * np.pi / 8)], atol=1e-6)
+    np.testing.assert_allclose(knn_distance(features, bank, k=2), [np.sqrt(2), np.sqrt(2 - np.sqrt(2)), 2.0,
+                                                                   2.0 * np.sin(3 * np.pi / 8)], atol=1e-6)
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(50, 8)).astype(np.float32)
+    many /= np.linalg.norm(many, axis=1, keepdims=True)
+    ref = many[:7]
+    np.testing.assert_array_equal(knn_distance(many, ref, chunk=3), knn_distance(many, ref))  # chunks change nothing
+    with pytest.raises(ValueError, match="at least 2 labelled images"):
+        knn_distance(many, ref[:1], k=2)
+    out = Outputs(probs=np.full((4, 2), 0.5, np.float32), energy=np.zeros(4, np.float32), features=features)
+    assert list(outlier_scores(out)) == ["msp", "energy"]  # no reference: no kNN
+    assert list(outlier_scores(out, bank)) == ["msp", "energy", "knn"]
+
+
 def test_pool_metrics_on_a_crafted_mismatch_split(source, tmp_path):
     m = mismatch(source, tmp_path / "m")
     ood = ood_flags(m)
@@ -60,6 +90,7 @@ def test_pool_metrics_on_a_crafted_mismatch_split(source, tmp_path):
                                                                          "train/in_admitted": 1.0}]
     plain = pool_metrics(Crafted(False), crafted, history, batch=7)
     assert plain["auroc"] == plain["auroc_msp"] == 1.0 and plain["score"] == "msp" and "auroc_open" not in plain
+    assert 0 <= plain["auroc_knn"] <= 1  # every network offers the kNN score (its pooled features)
     assert plain["ood_admitted"] == 0.5 and plain["in_admitted"] == 0.75
     assert plain["unlabelled_ood"] == int(ood.sum()) == 16 and plain["unlabelled_scored"] == 32
     headed = pool_metrics(Crafted(True), crafted, history, batch=7)
@@ -92,7 +123,12 @@ def test_evaluate_writes_the_open_set_metrics_of_a_mismatch_run(source, tmp_path
     own = "open" if algorithm == "iomatch" else "msp"
     assert result["open_set"]["score"] == own and got["auroc"] == got[f"auroc_{own}"]
     assert 0 <= got["auroc"] <= 1 and 0 <= got["auroc_msp"] <= 1
-    assert 0 <= got["ood_admitted"] <= 1 and 0 <= got["in_admitted"] <= 1
+    assert 0 <= got["ood_admitted"] <= 1 and 0 <= got["in_admitted"] <= 1 and 0 <= got["auroc_knn"] <= 1
+    # model.pt carries the kNN score's reference: the saved EMA model's features of the labelled images
+    model, record = load_model(run / "model.pt")
+    bank = label_features(model, m.subset("label").images, batch=5, autocast_dtype=record.autocast_dtype)
+    np.testing.assert_allclose(record.label_features.numpy(), bank, atol=1e-5)
+    assert record.label_features.shape == (m.subset("label").count, model.fc.in_features)
     history = [r for r in torch.load(run / "model.pt", weights_only=True)["history"]]
     assert all("train/ood_admitted" in r for r in history)
     assert json.loads((run / "eval" / "evaluation.json").read_text())["open_set"]["unlabelled_ood"] == 16

@@ -15,8 +15,9 @@ from realmix import checkpoint as ckpt
 from realmix import predict as predict_mod
 from realmix.errors import RealmixError
 from realmix.images import load_rgb
-from realmix.inference import load_model, predict_proba
+from realmix.inference import load_model, predict_outputs, predict_proba
 from realmix.models import build_model
+from realmix.openset import knn_distance
 from realmix.predict import PredictResult, predict_folder
 from realmix.train import Trainer
 from tests.conftest import make_store, tree_hash, write_image
@@ -101,7 +102,7 @@ def test_outputs_match_predict_proba(tmp_path, model_path):
     probs = np.load(res.npy)
     assert probs.dtype == np.float32 and probs.shape == (12, 3)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
-    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true,msp,energy,out_of_class"
+    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true,msp,energy,knn,out_of_class"
     rows = read_csv(res.csv)
     # sorted by relative path, forward slashes, hidden files left out, the comma/quote name round-trips
     assert [r["path"] for r in rows] == sorted(EXPECTED, key=lambda p: Path(p).parts)
@@ -302,6 +303,24 @@ def test_rerun_replaces_outputs(tmp_path, model_path):
     res = predict_folder(model_path, images, out, progress=False)
     assert res.images == 11 and len(np.load(res.npy)) == len(read_csv(res.csv)) == 11
     assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.npy"]  # stale list removed
+
+
+def test_knn_score_reads_the_labelled_features_in_model_pt(tmp_path, model_path):
+    """predict's knn column is the distance to the nearest of model.pt's labelled-image features; a model.pt
+    without them (an earlier version's) has no knn column and refuses --score knn in one line."""
+    images = make_images(tmp_path / "images")
+    res = predict_folder(model_path, images, tmp_path / "out", progress=False)
+    rows = read_csv(res.csv)
+    model, record = load_model(model_path, "ema")
+    by_hand = predict_outputs(model, np.stack([load_rgb(images / r["path"], 8, "pad") for r in rows]),
+                              autocast_dtype=record.autocast_dtype, features=True)
+    np.testing.assert_allclose([float(r["knn"]) for r in rows],
+                               knn_distance(by_hand.features, record.label_features.numpy()), atol=1e-4)
+    older = tmp_path / "older.pt"
+    dataclasses.replace(record, label_features=None).save(older)
+    assert "knn" not in read_csv(predict_folder(older, images, tmp_path / "old", progress=False).csv)[0]
+    with pytest.raises(RealmixError, match=r"older.pt: --score knn needs the labelled images' features"):
+        predict_folder(older, images, tmp_path / "old2", progress=False, score="knn")
 
 
 def test_grayscale_model(tmp_path, model_path):

@@ -134,10 +134,14 @@ class WideResNet(nn.Module):
         if self.heads is not None:
             self.heads.reset_parameters(generator)
 
-    def forward(self, x: Tensor, heads: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def embed(self, x: Tensor) -> Tensor:
+        """The pooled features the classifier reads (N x channels of the last stage)."""
         h = self.blocks(self.stem(x))
         h = nn.functional.leaky_relu(self.bn(h), LEAK)
-        features = h.mean((2, 3))
+        return h.mean((2, 3))
+
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        features = self.embed(x)
         logits = self.fc(features).float()
         if not heads:
             return logits

@@ -30,6 +30,7 @@ from ..ema import EMA
 from ..errors import RealmixError
 from ..hardware import describe_device
 from ..models import build_model
+from ..openset import label_features
 from ..params import Params
 from ..store import Store
 from .feed import TrainingFeed
@@ -174,6 +175,9 @@ class Trainer:
         """The run's deliverable: EMA weights (used for evaluation), raw weights, and how to rebuild the net."""
         rt = self.runtime
         history = self.monitor.history
+        evaluated = self.monitor.eval_model(self.ema.model)
+        bank = label_features(evaluated, self.store.subset("label").images, batch=self.params.train.eval_batch,
+                              autocast_dtype=rt.autocast_dtype)
         return ckpt.ModelRecord(
             algorithm=self.algorithm_name, data=self.store.name, arch=self.arch,
             num_classes=self.store.num_classes, class_names=self.store.class_names,
@@ -181,8 +185,8 @@ class Trainer:
             # what produced the figures (bit-identical only on the same machine kind, precision and threads)
             hardware=describe_device(rt.device), threads=torch.get_num_threads(),
             fast_path=dataclasses.asdict(rt.fast), world_size=rt.dist.world_size, fingerprint=self.run.fingerprint,
-            model=self.monitor.eval_model(self.ema.model).state_dict(), ema_bn=self.params.train.ema_bn,
-            raw_model=self.model.state_dict(), history=history)
+            model=evaluated.state_dict(), ema_bn=self.params.train.ema_bn, raw_model=self.model.state_dict(),
+            history=history, label_features=torch.from_numpy(bank))
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, out_dir: Path) -> dict[str, float]:
