@@ -47,6 +47,8 @@ OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its op
                             "unlabelled loss (mean over training; MixMatch has no mask: 1)",
             "in_admitted": "share of in-class unlabelled images admitted (the same mask)",
             "auroc_energy": "AUROC of the energy score (-logsumexp of the logits, every model) on the unlabelled pool",
+            "auroc_knn": "AUROC of the kNN score (distance of the normalised pooled features to the nearest "
+                         "labelled image's, every model) on the unlabelled pool",
             "flagged_ood": "share of out-of-class unlabelled images the out-of-class report flags at its validation "
                            "cut (report.score, report.keep)",
             "flagged_in": "share of in-class unlabelled images the report flags (about 1 - report.keep expected)"}
