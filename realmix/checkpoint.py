@@ -97,7 +97,8 @@ class ModelRecord:
     label_features: Tensor | None = None
 
     INPUT = "uint8 NCHW -> x * 2/255 - 1"  # how the network reads images (models.to_input)
-    _DTYPE_NAMES = {str(torch.float32): "fp32", str(torch.bfloat16): "bf16"}
+    # on disk: the autocast dtype's name, as every version wrote it ("torch.bfloat16" -> "bf16")
+    _DTYPE_NAMES = {str(dtype or torch.float32): name for name, dtype in PRECISIONS.items()}
     _REQUIRED = ("algorithm", "data", "arch", "num_classes", "class_names", "image_shape", "images", "model",
                  "raw_model")
 

@@ -120,7 +120,8 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     }
     history = record.history
     medians = {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
-    pool = score_pool(model, store, batch=batch, autocast_dtype=amp)
+    bank = None if record.label_features is None else record.label_features.numpy()  # the one predict reads
+    pool = score_pool(model, store, batch=batch, autocast_dtype=amp, bank=bank)
     open_set = pool_metrics(model, store, history, scored=pool)
     if open_set is not None:
         result["open_set"] = open_set

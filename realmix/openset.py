@@ -115,9 +115,12 @@ class ScoredPool:
         return outlier_scores(self.outputs, self.bank)
 
 
-def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None) -> ScoredPool:
-    """Score a split's unlabelled pool with `model` (open head and kNN to the split's labelled images included).
-    A pre-augmented pool is scored on its unaugmented originals where it kept them, so each image counts once."""
+def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None,
+               bank: np.ndarray | None = None) -> ScoredPool:
+    """Score a split's unlabelled pool with `model` (open head and kNN included). The kNN reference `bank` is the
+    labelled images' features a run's model.pt records; without it they are computed from the split's labelled
+    images. A pre-augmented pool is scored on its unaugmented originals where it kept them, so each image counts
+    once."""
     pool = store.subset("unlabel")
     positions = original_positions(store)
     names = store.row_names("unlabel")
@@ -134,7 +137,8 @@ def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: An
     ood = ood_flags(store, "unlabel")
     outputs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True,
                               features=True)
-    bank = label_features(model, store.subset("label").images, batch=batch, autocast_dtype=autocast_dtype)
+    if bank is None:
+        bank = label_features(model, store.subset("label").images, batch=batch, autocast_dtype=autocast_dtype)
     return ScoredPool(images, names, pool.labels[positions], None if ood is None else ood[positions], outputs,
                       scored, bank)
 
