@@ -91,7 +91,7 @@ class ModelRecord:
     fast_path: dict[str, bool] = field(default_factory=dict)
     world_size: int = 1
     fingerprint: str | None = None
-    ema_bn: str | None = None  # how the EMA model's BN statistics were made (train.ema_bn)
+    ema_bn: str | None = None  # how the EMA model's BN statistics were made: recompute | copy (validated: the pick)
     # the kNN out-of-class score's reference: the normalised pooled features of the run's labelled images by the
     # evaluated EMA model (openset.label_features), so `realmix predict` scores a folder without the split
     label_features: Tensor | None = None

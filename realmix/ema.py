@@ -22,6 +22,8 @@ from torch import nn
 
 from .models import to_input
 
+EMA_BN = ("validated", "recompute", "copy")  # train.ema_bn: how the evaluated EMA model gets its BN statistics
+
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float, *, warmup: bool = True):
@@ -81,3 +83,15 @@ def with_own_bn_stats(model: nn.Module, images: Any, *, batch: int, device: torc
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     return out.eval()
+
+
+def pick_bn_stats(probs: dict[str, np.ndarray], labels: np.ndarray) -> str:
+    """The BN-statistics rule (a key of `probs`: class probabilities per rule on the same labelled images) whose
+    predictions fit `labels` best: the highest accuracy, then the lowest cross-entropy; the first key on a tie."""
+    def fit(p: np.ndarray) -> tuple[float, float]:
+        p = np.asarray(p, np.float64)
+        acc = float((p.argmax(1) == labels).mean()) if len(labels) else 0.0
+        nll = float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean()) if len(labels) else 0.0
+        return acc, -nll
+
+    return max(probs, key=lambda k: fit(probs[k]))  # max keeps the first of equal keys

@@ -25,6 +25,7 @@ import yaml
 from .algorithms import ALGORITHMS
 from .algorithms.sections import AlgorithmParams
 from .augment import AUGMENTS
+from .ema import EMA_BN
 from .errors import RealmixError
 from .openset import SCORES
 from .ops import TSA
@@ -218,9 +219,10 @@ class TrainParams:
     wd: float = 0.02  # decoupled decay: W <- W (1 - wd lr) on conv/dense weights after each Adam step
     ema: float = 0.999  # EMA decay of the parameters (buffers are copied)
     ema_warmup: bool = True  # decay min(ema, (1 + t) / (10 + t)) at step t (the original: false)
-    # BN statistics of the evaluated EMA model: recompute = re-estimated for the EMA weights on the labelled
-    # images at every evaluation and in model.pt; copy = the raw model's running statistics (the original)
-    ema_bn: Literal["recompute", "copy"] = "recompute"
+    # BN statistics of the evaluated EMA model (realmix/ema.py): recompute = re-estimated for the EMA weights on
+    # the labelled images at every evaluation and in model.pt; copy = the raw model's running statistics (the
+    # original); validated = whichever of the two predicts the validation images better, at every evaluation
+    ema_bn: Literal[EMA_BN] = "validated"
     train_kimg: float = 65536  # training length in kimg (1 kimg = 1024 labelled images)
     report_kimg: float = 64  # evaluate and log every report_kimg
     save_kimg: float = 64  # checkpoint every save_kimg

@@ -12,7 +12,7 @@ import torch
 
 from realmix import checkpoint as ckpt
 from realmix.data_stream import IndexStream
-from realmix.ema import EMA, with_own_bn_stats
+from realmix.ema import EMA, pick_bn_stats, with_own_bn_stats
 from realmix.errors import RealmixError
 from realmix.metrics import classification_metrics, confusion_matrix
 from tests.helpers import TINY_ARCH, K, state_equal, tiny
@@ -77,6 +77,17 @@ def test_own_bn_stats_are_the_batch_statistics_of_the_model_itself():
     # and the result is a pure function of (weights, images): no randomness is drawn
     again = with_own_bn_stats(model, images, batch=4, device=torch.device("cpu")).state_dict()
     assert all(torch.equal(again[k], v) for k, v in own.items())
+
+
+def test_pick_bn_stats_prefers_accuracy_then_cross_entropy_then_the_first():
+    labels = np.array([0, 1, 1])
+    sure = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    unsure = np.array([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55]])  # same argmax, higher cross-entropy
+    wrong = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])  # a collapsed model: one class for every image
+    assert pick_bn_stats({"recompute": wrong, "copy": unsure}, labels) == "copy"  # accuracy first
+    assert pick_bn_stats({"recompute": unsure, "copy": sure}, labels) == "copy"  # then cross-entropy
+    assert pick_bn_stats({"recompute": sure, "copy": sure.copy()}, labels) == "recompute"  # exact tie: the first
+    assert pick_bn_stats({"copy": sure, "recompute": sure.copy()}, labels) == "copy"
 
 
 def test_ema_is_a_separate_copy():

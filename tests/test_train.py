@@ -17,6 +17,7 @@ import yaml
 
 from realmix import checkpoint as ckpt
 from realmix.errors import RealmixError
+from realmix.store import Store, StoreWriter
 from realmix.train import Trainer
 from tests.conftest import ROOT, make_store
 from tests.helpers import TINY, state_equal, tiny_params
@@ -257,17 +258,20 @@ def test_an_algorithm_section_wd_overrides_train_wd(store):
 
 
 def test_ema_bn_recompute_only_changes_what_is_evaluated(tmp_path, store):
-    """recompute (default) and copy train the same weights; model.pt's EMA statistics are its own, the evaluation
-    history reads them, and copy keeps the original's raw statistics."""
+    """recompute, copy and validated train the same weights; model.pt's EMA statistics are its own (recompute),
+    the raw model's (copy) or validated's pick, which the evaluation history logs."""
     out = {}
-    for mode in ("recompute", "copy"):
+    for mode in ("recompute", "copy", "validated"):
         p = tiny_params(train={"ema_bn": mode})
         trainer = Trainer(p, "supervised", store, split_seed=1)
         trainer.fit(tmp_path / mode)
         out[mode] = (trainer, ckpt.load(tmp_path / mode / "model.pt", expect=ckpt.MODEL_FORMAT))
-    (t_re, m_re), (_, m_cp) = out["recompute"], out["copy"]
-    assert state_equal(m_re["raw_model"], m_cp["raw_model"])  # training is untouched
+    (t_re, m_re), (_, m_cp), (_, m_va) = out["recompute"], out["copy"], out["validated"]
+    assert state_equal(m_re["raw_model"], m_cp["raw_model"]) and state_equal(m_re["raw_model"], m_va["raw_model"])
     assert m_re["ema_bn"] == "recompute" and m_cp["ema_bn"] == "copy"
+    picked = {True: "recompute", False: "copy"}[m_va["history"][-1]["ema_bn/recomputed"] == 1.0]
+    assert m_va["ema_bn"] == picked and state_equal(m_va["model"], out[picked][1]["model"])
+    assert [r["ema_bn/recomputed"] for r in m_re["history"]] == [1.0] * len(m_re["history"])
     stats = [k for k in m_re["model"] if k.endswith("running_mean") or k.endswith("running_var")]
     assert stats
     assert all(torch.equal(m_cp["model"][k], m_cp["raw_model"][k]) for k in stats)  # copied from the raw model
@@ -281,6 +285,51 @@ def test_ema_bn_recompute_only_changes_what_is_evaluated(tmp_path, store):
     probs = t_re.monitor.predict(model, test.images)
     acc = 100.0 * float((probs.argmax(1) == test.labels).mean())
     assert acc == pytest.approx(m_re["history"][-1]["test/accuracy"])
+
+
+def test_ema_bn_validated_keeps_the_statistics_that_predict_the_validation_images(tmp_path, store):
+    """A crafted collapse: the raw model's statistics (copy) push every image to one class, so the validation
+    images (labelled by what the EMA weights predict with their own statistics) choose recompute; with sane copied
+    statistics and validation labels that the copied ones predict, the same rule keeps copy."""
+    from realmix.ema import with_own_bn_stats
+    from realmix.train.monitor import Monitor
+
+    p = tiny_params(train={"ema_bn": "validated"})
+    trainer = Trainer(p, "supervised", store, split_seed=1)
+    ema = trainer.ema.model
+    bns = [m for m in ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    own = with_own_bn_stats(ema, store.subset("label").images, batch=7, device=torch.device("cpu"))
+    valid = store.subset("valid").images
+
+    def pick(labeller, copied) -> str:
+        """validated's choice for the EMA weights with `copied` statistics, on validation images whose labels are
+        what `labeller` predicts (the same images, a copy of the split with only those labels changed)."""
+        labels = trainer.monitor.predict(labeller, valid).argmax(1)
+        path = tmp_path / f"crafted{len(list(tmp_path.glob('crafted*')))}.1@12-6"
+        with StoreWriter(path, store.class_names, meta={"source": "test"}) as w:
+            for name in ("label", "valid", "test"):
+                s = store.subset(name)
+                w.add(name, np.asarray(s.images), labels if name == "valid" else s.labels)
+        monitor = Monitor(trainer.runtime, Store.open(path), p.train, algorithm="supervised")
+        _, rule, done = monitor.eval_model(copied)
+        assert set(done) == {"valid"}  # its validation predictions are reused by the evaluation
+        return rule
+
+    with torch.no_grad():
+        for m in bns:  # the collapse: statistics of another network, far from these activations
+            m.running_mean.fill_(50.0)
+            m.running_var.fill_(1e-4)
+    collapsed = trainer.monitor.predict(ema, valid).argmax(1)
+    assert len(set(collapsed.tolist())) == 1  # every validation image in one class
+    assert len(set(trainer.monitor.predict(own, valid).argmax(1).tolist())) > 1
+    assert pick(own, ema) == "recompute"
+
+    with torch.no_grad():
+        for m in bns:  # sane statistics, but not the ones the labelled images give
+            m.running_mean.fill_(0.3)
+            m.running_var.fill_(2.0)
+    assert (trainer.monitor.predict(ema, valid).argmax(1) != trainer.monitor.predict(own, valid).argmax(1)).any()
+    assert pick(ema, ema) == "copy"
 
 
 # -- train longer --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..algorithms.base import StepOut
-from ..ema import with_own_bn_stats
+from ..ema import pick_bn_stats, with_own_bn_stats
 from ..errors import RealmixError
 from ..inference import predict_proba
 from ..metrics import classification_metrics
@@ -112,25 +112,37 @@ class Monitor:
         return predict_proba(model, images, batch=self.params.eval_batch, device=self.rt.device,
                              autocast_dtype=self.rt.autocast_dtype)
 
-    def eval_model(self, ema: nn.Module) -> nn.Module:
-        """The EMA model as evaluated and saved: with BN statistics of its own weights (train.ema_bn: recompute,
-        re-estimated on the clean labelled images) or the raw model's copied ones (copy, the original)."""
-        if self.params.ema_bn == "copy":
-            return ema
-        return with_own_bn_stats(ema, self.store.subset("label").images, batch=self.params.eval_batch,
-                                 device=self.rt.device, autocast_dtype=self.rt.autocast_dtype)
+    def eval_model(self, ema: nn.Module) -> tuple[nn.Module, str, dict[str, np.ndarray]]:
+        """The EMA model as evaluated and saved, the BN-statistics rule it was given and the probabilities already
+        predicted on the way (subset -> probs). recompute: statistics of its own weights, re-estimated on the
+        clean labelled images; copy: the raw model's running statistics (the original); validated: whichever of
+        the two predicts the validation images better (the labelled ones where a split has none)."""
+        rule = self.params.ema_bn
+        if rule == "copy":
+            return ema, "copy", {}
+        own = with_own_bn_stats(ema, self.store.subset("label").images, batch=self.params.eval_batch,
+                                device=self.rt.device, autocast_dtype=self.rt.autocast_dtype)
+        if rule == "recompute":
+            return own, "recompute", {}
+        held_out = "valid" if self.store.has("valid") and self.store.subset("valid").count else "label"
+        s = self.store.subset(held_out)
+        candidates = {"recompute": own, "copy": ema}
+        probs = {k: self.predict(m, s.images) for k, m in candidates.items()}
+        known = s.labels >= 0
+        chosen = pick_bn_stats({k: p[known] for k, p in probs.items()}, s.labels[known])
+        return candidates[chosen], chosen, {held_out: probs[chosen]}
 
     def evaluate(self, model: nn.Module, ema: nn.Module) -> dict[str, float]:
         """EMA model on labelled / validation / test images; raw model on test. Accuracy in percent."""
-        rec: dict[str, float] = {}
-        evaluated = self.eval_model(ema)
+        evaluated, rule, done = self.eval_model(ema)
+        rec: dict[str, float] = {"ema_bn/recomputed": float(rule == "recompute")}
         for subset, prefix in EVAL_SUBSETS:
             if not self.store.has(subset) or self.store.subset(subset).count == 0:
                 continue
             s = self.store.subset(subset)
             labels = s.labels
             known = labels >= 0
-            probs = self.predict(evaluated, s.images)
+            probs = done[subset] if subset in done else self.predict(evaluated, s.images)
             for k, v in classification_metrics(probs[known], labels[known], self.store.class_names).items():
                 rec[f"{prefix}/{k}"] = v
             if subset == "test":

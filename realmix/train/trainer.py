@@ -175,7 +175,7 @@ class Trainer:
         """The run's deliverable: EMA weights (used for evaluation), raw weights, and how to rebuild the net."""
         rt = self.runtime
         history = self.monitor.history
-        evaluated = self.monitor.eval_model(self.ema.model)
+        evaluated, rule, _ = self.monitor.eval_model(self.ema.model)
         bank = label_features(evaluated, self.store.subset("label").images, batch=self.params.train.eval_batch,
                               autocast_dtype=rt.autocast_dtype)
         return ckpt.ModelRecord(
@@ -185,7 +185,7 @@ class Trainer:
             # what produced the figures (bit-identical only on the same machine kind, precision and threads)
             hardware=describe_device(rt.device), threads=torch.get_num_threads(),
             fast_path=dataclasses.asdict(rt.fast), world_size=rt.dist.world_size, fingerprint=self.run.fingerprint,
-            model=evaluated.state_dict(), ema_bn=self.params.train.ema_bn, raw_model=self.model.state_dict(),
+            model=evaluated.state_dict(), ema_bn=rule, raw_model=self.model.state_dict(),
             history=history, label_features=torch.from_numpy(bank))
 
     # -- the loop ---------------------------------------------------------------------------------------
