@@ -64,6 +64,12 @@ MISMATCH_PANELS = (
 )
 
 
+def run_label(row: dict[str, Any]) -> str:
+    """How tables and charts name a row's runs: the algorithm, the filter's teacher, the pre-augmented copies."""
+    return (row["algorithm"] + (f" filtered by {row['filtered']}" if row.get("filtered") else "")
+            + (f" (aug{row['copies']})" if row.get("copies") else ""))
+
+
 def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Median-of-last-20 test accuracy, mean +- std over seeds: bars per setting and algorithm; plus, when the
     runs include class-mismatch datasets, accuracy against the mismatch level per algorithm, and the open-set
@@ -91,18 +97,19 @@ def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
         ax.set_title("accuracy by setting (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     algorithms = sorted({r["algorithm"] for r in mismatch})
-    groups = sorted({(r["algorithm"], r["copies"] or 0) for r in mismatch})
+    labels_m = sorted({run_label(r) for r in mismatch})
     for key, scale, ylabel, title in panels_m:
         ax = axes.pop(0)
-        for algorithm, copies in groups:
-            pts = sorted((r["mismatch"], r[key] * scale, (r.get(f"{key}_std") or 0.0) * scale) for r in mismatch
-                         if (r["algorithm"], r["copies"] or 0) == (algorithm, copies) and r.get(key) is not None)
+        for label in labels_m:
+            members = [r for r in mismatch if run_label(r) == label and r.get(key) is not None]
+            pts = sorted((r["mismatch"], r[key] * scale, (r.get(f"{key}_std") or 0.0) * scale) for r in members)
             if not pts:
                 continue
             xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{algorithms.index(algorithm)}",
-                        linestyle="--" if copies else "-",
-                        label=f"{algorithm}{f' ({copies} pre-augmented copies)' if copies else ''}")
+            first = members[0]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{algorithms.index(first['algorithm'])}",
+                        linestyle="--" if first["copies"] else "-", label=label,
+                        markerfacecolor="white" if first.get("filtered") else None)
         if key == "auroc":
             ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")  # chance
         ax.set_xlabel("class mismatch of the unlabelled data (%)")

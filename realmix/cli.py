@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("preaugment", help="write COPIES augmented copies of a split's unlabelled images")
     s.add_argument("--input", required=True, help="split name, e.g. digits.1@30-100")
     s.add_argument("--copies", type=int, required=True)
+    s = sub.add_parser("filter", help="keep the unlabelled images a teacher run scores as in-class: "
+                                      "data/splits/<prefix>_filtered_<teacher>.<seed>@<size>-<nvalid>/")
+    s.add_argument("--input", required=True, help="split name, e.g. digits6_mismatch50.1@30-100")
+    s.add_argument("--teacher", required=True, help="the algorithm whose run on that split scores its pool")
     s = sub.add_parser("train", help="train one run: runs/<algorithm>/<data>/ (resumes from its checkpoints)")
     s.add_argument("--algorithm", required=True, help=" | ".join(ALGORITHMS))
     s.add_argument("--data", required=True, help="split name under data/splits/, e.g. digits_aug10.1@30-100")
@@ -157,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
             print(pipeline.mismatch(p, args.seed, args.level).summary())
         elif args.command == "preaugment":
             print(pipeline.preaugment(p, args.input, args.copies).summary())
+        elif args.command == "filter":
+            store = pipeline.filter(p, args.input, args.teacher)
+            f = store.meta["filter"]
+            print(f"{store.summary()}; kept {f['kept']} of {f['pool']} unlabelled images ({f['score']} <= "
+                  f"{f['cut']:.4g}, the cut that keeps {f['keep']:.0%} of the validation images)")
         elif args.command == "train":
             from . import distributed
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ LAST = (1, 10, 20, 50)
 OPEN_SET_METRICS = ("auroc", *(f"auroc_{s}" for s in SCORES), "ood_admitted", "in_admitted")
 # the out-of-class report's flag on a class-mismatch split: the share of out-of-class / in-class images flagged
 REPORT_METRICS = ("flagged_ood", "flagged_in")
+FILTER_METRICS = ("dropped", "ood_kept", "in_dropped")  # a filtered run's accuracy.json: filter_<key>
 
 
 def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
@@ -83,11 +85,13 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     unlabelled.csv, grids/*.png); and metrics_path: the last-N medians of the run's evaluation history. On a
     class-mismatch split both also get the open-set metrics of the unlabelled pool (realmix/openset.py: AUROC of
     each out-of-class score, the share of out-of-class / in-class images the method's mask admitted and the
-    report flagged). Returns the evaluation dict.
+    report flagged). A run on a filtered split also gets what the filter dropped (evaluation.json `filter`,
+    grids/dropped.png; accuracy.json filter_dropped/ood_kept/in_dropped). Returns the evaluation dict.
     """
     from .charts import training_curves
     from .hardware import pick_device
     from .inference import load_model, predict_outputs, predict_proba
+    from .pool_filter import filter_of
     from .report import write_report
 
     report = report or ReportParams()
@@ -139,6 +143,11 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
         training_curves(history, tmp / "accuracy.png", title=f"{record.algorithm} on {store.name}")
         result["out_of_class"] = write_report(model, pool, valid, test.images, labels, probs, test_names,
                                               store.class_names, tmp, report)
+        filtered = filter_of(store)
+        if filtered is not None:  # what the filter dropped before this run saw the pool
+            result["filter"], grid = filtered
+            shutil.copyfile(grid, tmp / "grids" / "dropped.png")
+            medians.update({f"filter_{k}": result["filter"].get(k) for k in FILTER_METRICS})
         (tmp / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if open_set is not None:
         medians.update({k: result["out_of_class"].get(k) for k in REPORT_METRICS})

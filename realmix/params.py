@@ -184,6 +184,11 @@ def _check_algorithms(values: list[str], key: str) -> None:
         raise RealmixError(f"params: {key} lists an algorithm twice")
 
 
+# train.<key>: the algorithms trained on each kind of split (the train stages of dvc.yaml, one per key)
+RUN_LISTS = ("algorithms", "aug_algorithms", "mismatch_algorithms", "mismatch_aug_algorithms", "filtered_algorithms",
+             "filtered_aug_algorithms", "mismatch_filtered_algorithms", "mismatch_filtered_aug_algorithms")
+
+
 @dataclass(frozen=True)
 class ModelParams:
     """`model`: the network (WRN-28-2 = filters 32, repeat 4; scales 0 = from the image size)."""
@@ -213,6 +218,11 @@ class TrainParams:
     aug_algorithms: list[str] = field(default_factory=lambda: ["realmix"])  # on the pre-augmented splits
     mismatch_algorithms: list[str] = field(default_factory=list)  # on the mismatch splits
     mismatch_aug_algorithms: list[str] = field(default_factory=list)  # on the pre-augmented mismatch splits
+    # on the filtered splits (realmix/pool_filter.py: one per filter.teachers / filter.mismatch_teachers entry)
+    filtered_algorithms: list[str] = field(default_factory=list)  # on each filtered plain split
+    filtered_aug_algorithms: list[str] = field(default_factory=list)  # on its pre-augmented copies
+    mismatch_filtered_algorithms: list[str] = field(default_factory=list)  # on each filtered mismatch split
+    mismatch_filtered_aug_algorithms: list[str] = field(default_factory=list)  # on its pre-augmented copies
     seed: int = 0  # run seed; combined with the split seed for init, data order, augmentation, MixUp
     batch: int = 64  # labelled batch; SSL methods add `nu` views of as many unlabelled images
     lr: float = 0.002  # Adam, constant
@@ -250,7 +260,7 @@ class TrainParams:
                 raise RealmixError(f"params: train.{key}={getattr(self, key)!r} must be auto, true or false")
         if self.nproc < 1:
             raise RealmixError(f"params: train.nproc={self.nproc} must be >= 1")
-        for key in ("algorithms", "aug_algorithms", "mismatch_algorithms", "mismatch_aug_algorithms"):
+        for key in RUN_LISTS:
             _check_algorithms(getattr(self, key), f"train.{key}")
         if self.batch < 1:
             raise RealmixError(f"params: train.batch={self.batch} must be >= 1")
@@ -298,6 +308,24 @@ class ReportParams:
 
 
 @dataclass(frozen=True)
+class FilterParams:
+    """`filter`: a finished run (a teacher) scores its split's unlabelled images; the filtered split keeps those
+    that look in-class (realmix/pool_filter.py). One filtered split per teacher and split."""
+
+    teachers: list[str] = field(default_factory=list)  # teachers of the plain splits (each in train.algorithms)
+    mismatch_teachers: list[str] = field(default_factory=list)  # of the mismatch splits (in train.mismatch_algorithms)
+    score: Literal[SCORES] = "knn"  # the teacher's out-of-class score (realmix/openset.py; docs/evaluation.md)
+    keep: float = 0.95  # the cut keeps this share of the validation images (known in-class) at or below it
+
+    def validate(self) -> None:
+        _check_algorithms(self.teachers, "filter.teachers")
+        _check_algorithms(self.mismatch_teachers, "filter.mismatch_teachers")
+        if not 0.0 < self.keep < 1.0:
+            raise RealmixError(f"params: filter.keep={self.keep} must be between 0 and 1 (e.g. 0.95: the cut keeps "
+                               "95 % of the validation images, and the unlabelled images scoring below it)")
+
+
+@dataclass(frozen=True)
 class Params:
     dataset: DatasetParams
     rename: RenameParams
@@ -310,6 +338,7 @@ class Params:
     algorithms: dict[str, AlgorithmParams] = field(
         default_factory=lambda: {name: entry.params() for name, entry in ALGORITHMS.items()})
     report: ReportParams = field(default_factory=ReportParams)
+    filter: FilterParams = field(default_factory=FilterParams)
     tsa: str = "none"  # TSA schedule of RealMix's supervised loss: none | linear_schedule | exp_schedule | log_schedule
 
     def __getattr__(self, name: str) -> Any:
@@ -344,6 +373,18 @@ class Params:
             wd, lr = section.wd, self.learning_rate(name)
             if wd is not None and not 0 <= wd * lr < 1:
                 raise RealmixError(f"params: {name}.wd={wd} must be >= 0 with wd * lr < 1 (or null for train.wd)")
+        t, f = self.train, self.filter
+        for teachers, trained, runs in (("teachers", "algorithms", ("filtered_algorithms", "filtered_aug_algorithms")),
+                                        ("mismatch_teachers", "mismatch_algorithms",
+                                         ("mismatch_filtered_algorithms", "mismatch_filtered_aug_algorithms"))):
+            missing = [a for a in getattr(f, teachers) if a not in getattr(t, trained)]
+            if missing:
+                raise RealmixError(f"params: filter.{teachers} names {missing[0]}, which train.{trained} does not "
+                                   f"train, so no run would filter those splits; add it to train.{trained}")
+            used = [k for k in runs if getattr(t, k)]
+            if used and not getattr(f, teachers):
+                raise RealmixError(f"params: train.{used[0]} trains on filtered splits but filter.{teachers} is "
+                                   f"empty; name the run that filters them (e.g. filter.{teachers}: [supervised])")
         if self.mismatch.levels and self.mismatch.size not in self.split.sizes:
             raise RealmixError(
                 f"params: mismatch.size={self.mismatch.size} is not one of split.sizes={self.split.sizes}; "

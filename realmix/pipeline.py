@@ -9,6 +9,7 @@ Paths (relative to the project root):
     data/splits/<name>.<seed>@<size>-<nvalid>/  split
     data/splits/<mname>_mismatch<level>.<seed>@<size>-<nvalid>/   mismatch filter
     data/splits/<prefix>_aug<copies>.<seed>@<size>-<nvalid>/     pre-augmented copy of a split
+    data/splits/<prefix>_filtered_<teacher>.<seed>@<size>-<nvalid>/   filter: the pool <teacher>'s run kept
     runs/<algorithm>/<split name>/              train: model.pt, checkpoints/, live/ (dvclive), tensorboard/
     runs/<algorithm>/<split name>/eval/         evaluate: evaluation.json, predictions.npy/.csv, accuracy.png
     metrics/runs/<algorithm>/<split name>/accuracy.json   evaluate: last01/10/20/50 medians (DVC metrics)
@@ -50,6 +51,10 @@ def mismatch_name(p: Params, seed: int, level: int) -> SplitName:
 
 def augmented_name(source: SplitName, copies: int) -> SplitName:
     return SplitName(f"{source.name}_aug{copies}", source.seed, source.size, source.nvalid)
+
+
+def filtered_name(source: SplitName, teacher: str) -> SplitName:
+    return SplitName(f"{source.name}_filtered_{teacher}", source.seed, source.size, source.nvalid)
 
 
 def split_dir(name: SplitName | str) -> Path:
@@ -111,6 +116,17 @@ def preaugment(p: Params, source: str, copies: int) -> Store:
     )
 
 
+def filter(p: Params, source: str, teacher: str) -> Store:  # noqa: A001 (the step's name, as the stage's)
+    """Score the pool of split `source` with runs/<teacher>/<source>/model.pt and write the filtered split."""
+    from .pool_filter import filter_pool
+
+    src = SplitName.parse(source)
+    name = filtered_name(src, teacher)
+    return filter_pool(Store.open(split_dir(src)), run_dir(teacher, src) / "model.pt", split_dir(name),
+                       name=str(name), score=p.filter.score, keep=p.filter.keep, grid=p.report.grid,
+                       batch=p.train.eval_batch, device=p.train.device)
+
+
 def train(p: Params, algorithm: str, data: str) -> dict[str, float]:
     """Train `algorithm` on the split store `data` (e.g. digits_aug10.1@30-100) into runs/<algorithm>/<data>/.
 
@@ -142,22 +158,32 @@ def evaluate(p: Params, algorithm: str, data: str) -> dict:
 
 def planned_runs(p: Params) -> list[RunRef]:
     """Every run the train stages of dvc.yaml train with these params (the same matrices, in the same order)."""
-    s, m, t = p.split, p.mismatch, p.train
+    s, m, t, f = p.split, p.mismatch, p.train, p.filter
     runs = []
 
-    def add(algorithms: list[str], name: SplitName, mismatch: int | None = None, copies: int | None = None) -> None:
+    def add(algorithms: list[str], name: SplitName, mismatch: int | None = None, copies: int | None = None,
+            filtered: str | None = None) -> None:
         setting = f"{name.name}@{name.size}-{name.nvalid}"
-        runs.extend(RunRef(a, str(name), setting, name.seed, mismatch, copies) for a in algorithms)
+        runs.extend(RunRef(a, str(name), setting, name.seed, mismatch, copies, filtered) for a in algorithms)
+
+    def add_kind(name: SplitName, plain: list[str], aug: list[str], copies: list[int], teachers: list[str],
+                 filtered: list[str], filtered_aug: list[str], mismatch: int | None = None) -> None:
+        add(plain, name, mismatch)
+        for c in copies:
+            add(aug, augmented_name(name, c), mismatch, c)
+        for teacher in teachers:
+            add(filtered, filtered_name(name, teacher), mismatch, filtered=teacher)
+            for c in copies:
+                add(filtered_aug, augmented_name(filtered_name(name, teacher), c), mismatch, c, teacher)
 
     for seed in s.seeds:
         for size in s.sizes:
-            add(t.algorithms, split_name(p, seed, size))
-            for copies in p.preaugment.copies:
-                add(t.aug_algorithms, augmented_name(split_name(p, seed, size), copies), copies=copies)
+            add_kind(split_name(p, seed, size), t.algorithms, t.aug_algorithms, p.preaugment.copies, f.teachers,
+                     t.filtered_algorithms, t.filtered_aug_algorithms)
         for level in m.levels:
-            add(t.mismatch_algorithms, mismatch_name(p, seed, level), level)
-            for copies in p.preaugment.mismatch_copies:
-                add(t.mismatch_aug_algorithms, augmented_name(mismatch_name(p, seed, level), copies), level, copies)
+            add_kind(mismatch_name(p, seed, level), t.mismatch_algorithms, t.mismatch_aug_algorithms,
+                     p.preaugment.mismatch_copies, f.mismatch_teachers, t.mismatch_filtered_algorithms,
+                     t.mismatch_filtered_aug_algorithms, level)
     return runs
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
+from .charts import run_label
 from .errors import RealmixError
 
 
@@ -29,6 +30,7 @@ class RunRef:
     seed: int
     mismatch: int | None = None  # mismatch level (%) of a class-mismatch dataset
     copies: int | None = None  # pre-augmented copies of the unlabelled set
+    filtered: str | None = None  # the teacher whose filter kept the unlabelled set (realmix/pool_filter.py)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -51,7 +53,10 @@ OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its op
                          "labelled image's, every model) on the unlabelled pool",
             "flagged_ood": "share of out-of-class unlabelled images the out-of-class report flags at its validation "
                            "cut (report.score, report.keep)",
-            "flagged_in": "share of in-class unlabelled images the report flags (about 1 - report.keep expected)"}
+            "flagged_in": "share of in-class unlabelled images the report flags (about 1 - report.keep expected)",
+            "filter_ood_kept": "share of the out-of-class unlabelled images the filter kept (filtered runs: the "
+                               "teacher's score at filter.keep; 0 = a perfect filter)",
+            "filter_in_dropped": "share of the in-class unlabelled images the filter dropped (filtered runs)"}
 
 
 def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -66,7 +71,8 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
         mean, std = _mean_std(values)
         rows.append({
             "algorithm": algorithm, "setting": setting, "mismatch": members[0].mismatch,
-            "copies": members[0].copies, "seeds": [r.seed for r in members], "runs": len(values),
+            "copies": members[0].copies, "filtered": members[0].filtered, "seeds": [r.seed for r in members],
+            "runs": len(values),
             "last20": mean, "last20_std": std, "error_rate": None if mean is None else round(100.0 - mean, 6),
             "error_rate_std": std,
             "missing": [r.data for r in members if medians[r].get("last20") is None],
@@ -110,7 +116,7 @@ def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: f
     levels = sorted({r["mismatch"] for r in rows})
     cells: dict[str, dict[int, str]] = {}
     for r in rows:
-        name = r["algorithm"] + (f" (aug{r['copies']})" if r["copies"] else "")
+        name = run_label(r)
         value, std = r.get(key), r.get(f"{key}_std")
         cells.setdefault(name, {})[r["mismatch"]] = (
             "n/a" if value is None else _fmt(value * scale, None if std is None else std * scale))

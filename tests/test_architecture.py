@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("params", ["realmix.params"]),
     ("train", ["realmix.train"]),
     ("stages", ["realmix.splits", "realmix.mismatch", "realmix.rename", "realmix.preaugment", "realmix.sources",
-                "realmix.evaluate", "realmix.report", "realmix.predict", "realmix.summary"]),
+                "realmix.evaluate", "realmix.report", "realmix.pool_filter", "realmix.predict", "realmix.summary"]),
     ("pipeline", ["realmix.pipeline"]),
     ("cli", ["realmix.cli"]),
 ]

@@ -83,7 +83,9 @@ def test_every_registered_algorithm_has_its_section_its_docs_row_and_its_train_p
     assert reads == {"tsa"} and reads <= set(params.SCALARS)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     train = {name: s for name, s in stages.items() if s["cmd"].startswith("python stages/train.py")}
-    assert set(train) == {"train", "train_aug", "train_mismatch", "train_mismatch_aug"}
+    # one train stage per list of runs (train.<key>), matrixed over that list
+    lists = sorted(f"${{train.{k}}}" for k in params.RUN_LISTS)
+    assert sorted(s["matrix"]["algorithm"] for s in train.values()) == lists
     for name, stage in train.items():  # the run's section and the top-level params an algorithm reads
         assert {"${item.algorithm}", *reads} <= set(stage["params"]), name
 

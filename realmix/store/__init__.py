@@ -3,7 +3,8 @@
 - base.py: the format (`Store`, `Subset`, `ShardedArray`, file names, hashes) and the opener table `Store.open`
   reads;
 - writer.py: `StoreWriter`, which writes a store atomically;
-- virtual.py: the virtual pre-augmented pool (a split stored as its recipe), which adds its opener to the table.
+- virtual.py: the virtual pre-augmented pool (a split stored as its recipe), which adds its opener to the table;
+- filtered.py: the filtered split (a split whose pool is the kept positions of its source's), likewise.
 
 Importing the package imports every format, so `Store.open` opens each.
 """
@@ -25,6 +26,7 @@ from .base import (
     sha256_array,
     write_json,
 )
+from .filtered import FILTERED_FORMAT, KEPT, FilteredStore, IndexedArray, write_filtered
 from .virtual import (
     CHUNK,
     POOL,
@@ -39,7 +41,8 @@ from .virtual import (
 )
 from .writer import StoreWriter
 
-__all__ = ["CHUNK", "CLASS_MAPPING", "FORMAT", "MANIFEST", "NAMES", "OPENERS", "POOL", "STORAGES", "UNKNOWN",
+__all__ = ["CHUNK", "CLASS_MAPPING", "FILTERED_FORMAT", "FORMAT", "KEPT", "FilteredStore", "IndexedArray",
+           "write_filtered", "MANIFEST", "NAMES", "OPENERS", "POOL", "STORAGES", "UNKNOWN",
            "UNKNOWN_NAME", "VIRTUAL_FORMAT", "ShardedArray", "Store", "StoreWriter", "Subset", "VirtualPool",
            "VirtualStore", "VirtualSubset", "augment_items", "item_order", "original_positions", "recipe_identity",
            "sha256_array", "write_json"]

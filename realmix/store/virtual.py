@@ -173,9 +173,7 @@ class VirtualStore(Store):
 
     def subset(self, name: str) -> Subset:
         if name != POOL:
-            sub = super().subset(name)
-            sub.store = self.source  # the source's files
-            return sub
+            return self.source.subset(name)  # the source's files (a filtered source resolves its own source)
         e = self.manifest["subsets"][POOL]
         sub = VirtualSubset(self, POOL, int(e["count"]), [], dict(e["class_counts"]))
         sub.pool = VirtualPool(self.source.subset(POOL), self.meta["preaugment"])
