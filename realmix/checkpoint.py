@@ -92,9 +92,10 @@ class ModelRecord:
     world_size: int = 1
     fingerprint: str | None = None
     ema_bn: str | None = None  # how the EMA model's BN statistics were made: recompute | copy (validated: the pick)
-    # the kNN out-of-class score's reference: the normalised pooled features of the run's labelled images by the
-    # evaluated EMA model (openset.label_features), so `realmix predict` scores a folder without the split
+    # the distance scores' reference (openset.Reference): the normalised pooled features of the run's labelled
+    # images by the evaluated EMA model and their classes, so `realmix predict` scores a folder without the split
     label_features: Tensor | None = None
+    label_classes: Tensor | None = None  # absent in files written before the Mahalanobis score: kNN only
 
     INPUT = "uint8 NCHW -> x * 2/255 - 1"  # how the network reads images (models.to_input)
     # on disk: the autocast dtype's name, as every version wrote it ("torch.bfloat16" -> "bf16")
@@ -122,7 +123,7 @@ class ModelRecord:
             "threads": self.threads, "fast_path": self.fast_path, "world_size": self.world_size,
             "fingerprint": self.fingerprint, "model": self.model, "ema_bn": self.ema_bn, "raw_model": self.raw_model,
             "metrics": self.history[-1] if self.history else {}, "history": self.history,
-            "label_features": self.label_features,
+            "label_features": self.label_features, "label_classes": self.label_classes,
         }
 
     @classmethod

@@ -23,7 +23,7 @@ from . import atomic
 from .checkpoint import ModelRecord
 from .errors import RealmixError
 from .metrics import classification_metrics, confusion_matrix
-from .openset import SCORES, pool_metrics, score_pool
+from .openset import SCORES, Reference, pool_metrics, score_pool
 from .params import ReportParams
 from .store import Store
 
@@ -51,9 +51,9 @@ def median_accuracies(accuracies: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def accuracy_history(history: list[dict[str, float]]) -> list[float]:
-    """The EMA test accuracy of every evaluation of a run, in order."""
-    return [r["test/accuracy"] for r in history if "test/accuracy" in r]
+def accuracy_history(history: list[dict[str, float]], key: str = "test/accuracy") -> list[float]:
+    """The EMA test (or `key`: e.g. validation) accuracy of every evaluation of a run, in order."""
+    return [r[key] for r in history if key in r]
 
 
 def predictions_csv(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> str:
@@ -124,7 +124,9 @@ def evaluate_run(run_dir: str | os.PathLike, store: Store, metrics_path: str | o
     }
     history = record.history
     medians = {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
-    bank = None if record.label_features is None else record.label_features.numpy()  # the one predict reads
+    # the figure to choose params on (e.g. a `dvc exp run` grid of w_match): the test images play no part in it
+    medians["valid_last20"] = median_accuracies(accuracy_history(history, "valid/accuracy"))["last20"]
+    bank = Reference.of_record(record)  # the one predict reads
     pool = score_pool(model, store, batch=batch, autocast_dtype=amp, bank=bank)
     open_set = pool_metrics(model, store, history, scored=pool)
     if open_set is not None:

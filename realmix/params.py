@@ -314,7 +314,7 @@ class FilterParams:
 
     teachers: list[str] = field(default_factory=list)  # teachers of the plain splits (each in train.algorithms)
     mismatch_teachers: list[str] = field(default_factory=list)  # of the mismatch splits (in train.mismatch_algorithms)
-    score: Literal[SCORES] = "knn"  # the teacher's out-of-class score (realmix/openset.py; docs/evaluation.md)
+    score: Literal[SCORES] = "maha"  # the teacher's out-of-class score (realmix/openset.py; docs/evaluation.md)
     keep: float = 0.95  # the cut keeps this share of the validation images (known in-class) at or below it
 
     def validate(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RealmixError
-from .openset import SCORES, outlier_scores, own_score, score_pool
+from .openset import SCORES, Reference, outlier_scores, own_score, score_pool
 from .report import cuts, save_grid
 from .store import Store, write_filtered
 
@@ -54,7 +54,7 @@ def filter_pool(split: Store, teacher: str | os.PathLike, out: str | os.PathLike
     if not split.has("valid") or split.subset("valid").count == 0:
         raise RealmixError(f"{split.path}: no validation images to place the filter's cut on; set split.nvalid > 0")
     amp = record.autocast_dtype
-    bank = None if record.label_features is None else record.label_features.numpy()
+    bank = Reference.of_record(record)
     pool = score_pool(model, split, batch=batch, autocast_dtype=amp, bank=bank)
     valid = predict_outputs(model, split.subset("valid").images, batch=batch, autocast_dtype=amp, open_head=True,
                             features=True)

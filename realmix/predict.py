@@ -37,7 +37,7 @@ from .errors import RealmixError
 from .hardware import pick_device
 from .images import IMAGE_SUFFIXES, UNLABELED_DIRS, class_from_name, fit, is_hidden, open_image, to_rgb
 from .inference import WEIGHTS, has_open_heads, load_model, predict_outputs
-from .openset import SCORES, outlier_scores
+from .openset import SCORES, Reference, outlier_scores
 
 ON_ERROR = ("fail", "skip")
 RESIZE = ("pad", "stretch", "crop")
@@ -112,12 +112,13 @@ def predict_folder(model_path: str | os.PathLike, folder: str | os.PathLike, out
     dev = pick_device(device)
     model, record = load_model(model_path, weights, dev)
     amp = record.autocast_dtype  # the run's own precision, as `evaluate`: the same label for the same image
-    # the kNN score's reference (the EMA model's features of the run's labelled images); an older model.pt has none
-    bank = record.label_features.numpy() if record.label_features is not None and weights == "ema" else None
-    if score == "knn" and bank is None:
-        raise RealmixError(f"{model_path}: --score knn needs the labelled images' features, which this model.pt "
-                           "does not hold (made by an earlier version, or --weights raw); retrain the run "
-                           "(`dvc repro`) or use another --score")
+    # the distance scores' reference (the EMA model's features of the run's labelled images, and their classes);
+    # an older model.pt has none (kNN only, before the classes were recorded)
+    bank = Reference.of_record(record) if weights == "ema" else None
+    if score in ("knn", "maha") and (bank is None or (score == "maha" and bank.labels is None)):
+        raise RealmixError(f"{model_path}: --score {score} needs the labelled images' features and classes, which "
+                           "this model.pt does not hold (made by an earlier version, or --weights raw); retrain the "
+                           "run (`dvc repro`) or use another --score")
     cut_score, cut, cut_note = _cut(Path(model_path), score, has_open_heads(model), weights)
     class_names: list[str] = list(record.class_names)
     h, w, c = record.image_shape

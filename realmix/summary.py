@@ -49,6 +49,9 @@ OPEN_SET = {"auroc": "AUROC of the run's own out-of-class score (IOMatch: its op
                             "unlabelled loss (mean over training; MixMatch has no mask: 1)",
             "in_admitted": "share of in-class unlabelled images admitted (the same mask)",
             "auroc_energy": "AUROC of the energy score (-logsumexp of the logits, every model) on the unlabelled pool",
+            "auroc_maha": "AUROC of the Mahalanobis score (distance of the normalised pooled features to the "
+                          "nearest labelled class mean, shared Ledoit-Wolf covariance, every model) on the "
+                          "unlabelled pool",
             "auroc_knn": "AUROC of the kNN score (distance of the normalised pooled features to the nearest "
                          "labelled image's, every model) on the unlabelled pool",
             "flagged_ood": "share of out-of-class unlabelled images the out-of-class report flags at its validation "
@@ -80,7 +83,7 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
             # what computed the figures: one recipe gives other figures in bf16 and fp32 (realmix/hardware.py)
             "precision": "+".join(sorted({medians[r].get("precision", "n/a") for r in members})),
         })
-        for key in OPEN_SET:
+        for key in ("valid_last20", *OPEN_SET):  # validation: what params are chosen on (never the test images)
             found = [medians[r][key] for r in members if medians[r].get(key) is not None]
             rows[-1][key], rows[-1][f"{key}_std"] = _mean_std(found)
     return rows
@@ -163,7 +166,7 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
         for row in rows:
             # "error_rate", never "error": DVC reads a metric named "error" as a failure to load (see evaluate.py)
             keys = ["last20", "last20_std", "error_rate", "error_rate_std", "runs", "precision"]
-            keys += [k for key in OPEN_SET for k in (key, f"{key}_std") if row.get(key) is not None]
+            keys += [k for key in ("valid_last20", *OPEN_SET) for k in (key, f"{key}_std") if row.get(key) is not None]
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({k: row[k] for k in keys}, indent=4) + "\n")

@@ -321,7 +321,8 @@ def test_model_record_round_trip_and_older_files(tmp_path):
     raw = ckpt.load(path, expect=ckpt.MODEL_FORMAT)
     assert list(raw) == ["format", "algorithm", "data", "arch", "num_classes", "class_names", "image_shape",
                          "input", "images", "precision", "hardware", "threads", "fast_path", "world_size",
-                         "fingerprint", "model", "ema_bn", "raw_model", "metrics", "history", "label_features"]
+                         "fingerprint", "model", "ema_bn", "raw_model", "metrics", "history", "label_features",
+                         "label_classes"]
     assert raw["precision"] == "torch.bfloat16" and raw["metrics"] == {"step": 48, "test/accuracy": 50.0}
     back = ckpt.ModelRecord.load(path)
     assert back.autocast_dtype == torch.bfloat16 and back.hardware == "cpu AVX2" and back.history == record.history

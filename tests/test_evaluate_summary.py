@@ -34,6 +34,7 @@ def test_median_accuracies_hand_worked():
 def test_accuracy_history_keeps_order_and_skips_records_without_test():
     hist = [{"step": 1, "test/accuracy": 10.0}, {"step": 2}, {"step": 3, "test/accuracy": 30.0}]
     assert accuracy_history(hist) == [10.0, 30.0]
+    assert accuracy_history([{"valid/accuracy": 5.0}, {"test/accuracy": 1.0}], "valid/accuracy") == [5.0]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_evaluate_run_outputs(trained, tmp_path):
     # what computed the figures: the run's precision (auto: bf16 on AVX512-BF16 CPUs, else fp32), CPU and threads
     precision = precision_name(pick_precision("auto", torch.device("cpu")))
     produced = {"precision": precision, "hardware": describe_device(torch.device("cpu")), "threads": 1}
-    assert medians == {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history))}
+    assert medians == {"run": str(run_dir), **produced, **median_accuracies(accuracy_history(history)),
+                       "valid_last20": None}  # 3 evaluations: no median of 20
     assert {k: res[k] for k in produced} == produced
     assert medians["evaluations"] == 3 and medians["last20"] is None  # stated, not faked
     with Image.open(run_dir / "eval" / "accuracy.png") as im:

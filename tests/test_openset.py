@@ -13,10 +13,12 @@ from PIL import Image
 from realmix.evaluate import evaluate_run
 from realmix.inference import Outputs, load_model
 from realmix.openset import (
+    Reference,
     admitted_shares,
     auroc,
     knn_distance,
-    label_features,
+    label_reference,
+    mahalanobis_distance,
     ood_flags,
     outlier_scores,
     pool_metrics,
@@ -69,8 +71,31 @@ def test_knn_distance_on_features_of_known_distance():
     with pytest.raises(ValueError, match="at least 2 labelled images"):
         knn_distance(many, ref[:1], k=2)
     out = Outputs(probs=np.full((4, 2), 0.5, np.float32), energy=np.zeros(4, np.float32), features=features)
-    assert list(outlier_scores(out)) == ["msp", "energy"]  # no reference: no kNN
-    assert list(outlier_scores(out, bank)) == ["msp", "energy", "knn"]
+    assert list(outlier_scores(out)) == ["msp", "energy"]  # no reference: no distance score
+    assert list(outlier_scores(out, Reference(bank))) == ["msp", "energy", "knn"]  # no classes: no Mahalanobis
+    assert list(outlier_scores(out, Reference(bank, np.array([0, 1])))) == ["msp", "energy", "knn", "maha"]
+
+
+def test_mahalanobis_distance_weighs_directions_by_the_shared_class_covariance():
+    """Two classes spread along x, tight along y: a point one unit off a class mean along y is farther than one
+    unit along x, each class mean is at distance 0, and the values are the shared Ledoit-Wolf precision's."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(40, 2)) * np.array([2.0, 0.2])
+    means = np.array([[5.0, 0.0], [-5.0, 0.0]])
+    labels = np.repeat([0, 1], 20)
+    bank = spread + means[labels]
+    class_means = np.stack([bank[labels == c].mean(0) for c in (0, 1)])
+    along_x, along_y = class_means[0] + [1.0, 0.0], class_means[0] + [0.0, 1.0]
+    d = mahalanobis_distance(np.stack([class_means[0], class_means[1], along_x, along_y]), bank, labels)
+    assert d[0] == pytest.approx(0, abs=1e-6) and d[1] == pytest.approx(0, abs=1e-6) and d[3] > 4 * d[2]
+    precision = LedoitWolf(assume_centered=True).fit(bank - class_means[labels]).precision_
+    assert d[3] == pytest.approx(np.sqrt(precision[1, 1]), rel=1e-5)
+    assert d[2] == pytest.approx(np.sqrt(precision[0, 0]), rel=1e-5)
+    many = rng.normal(size=(30, 2))
+    np.testing.assert_array_equal(mahalanobis_distance(many, bank, labels, chunk=7),
+                                  mahalanobis_distance(many, bank, labels))  # chunks change nothing
 
 
 def test_pool_metrics_on_a_crafted_mismatch_split(source, tmp_path):
@@ -124,11 +149,14 @@ def test_evaluate_writes_the_open_set_metrics_of_a_mismatch_run(source, tmp_path
     assert result["open_set"]["score"] == own and got["auroc"] == got[f"auroc_{own}"]
     assert 0 <= got["auroc"] <= 1 and 0 <= got["auroc_msp"] <= 1
     assert 0 <= got["ood_admitted"] <= 1 and 0 <= got["in_admitted"] <= 1 and 0 <= got["auroc_knn"] <= 1
-    # model.pt carries the kNN score's reference: the saved EMA model's features of the labelled images
+    assert 0 <= got["auroc_maha"] <= 1
+    # model.pt carries the distance scores' reference: the saved EMA model's features of the labelled images
     model, record = load_model(run / "model.pt")
-    bank = label_features(model, m.subset("label").images, batch=5, autocast_dtype=record.autocast_dtype)
-    np.testing.assert_allclose(record.label_features.numpy(), bank, atol=1e-5)
-    assert record.label_features.shape == (m.subset("label").count, model.fc.in_features)
+    label = m.subset("label")
+    bank = label_reference(model, label.images, label.labels, batch=5, autocast_dtype=record.autocast_dtype)
+    np.testing.assert_allclose(record.label_features.numpy(), bank.features, atol=1e-5)
+    assert np.array_equal(record.label_classes.numpy(), label.labels)
+    assert record.label_features.shape == (label.count, model.fc.in_features)
     history = [r for r in torch.load(run / "model.pt", weights_only=True)["history"]]
     assert all("train/ood_admitted" in r for r in history)
     assert json.loads((run / "eval" / "evaluation.json").read_text())["open_set"]["unlabelled_ood"] == 16

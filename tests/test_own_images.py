@@ -136,7 +136,7 @@ def check_walkthrough(proj: Path, folder: Path, outputs: dict[str, str]) -> None
     for setting in ("| supervised | mydata@all-20 |", "| mixmatch | mydata@all-20 |", "| realmix | mydata_aug"):
         assert setting in outputs["realmix results"]
     head = outputs["head -5 runs/mixmatch/mydata.1@all-20/eval/unlabelled.csv"].splitlines()
-    assert head[0] == "file,predicted,confidence,msp,energy,knn,out_of_class,true" and len(head) == 5
+    assert head[0] == "file,predicted,confidence,msp,energy,knn,maha,out_of_class,true" and len(head) == 5
     assert run(["dvc", "status"], proj).stdout.strip() == "Data and pipelines are up to date."
 
 

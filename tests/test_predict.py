@@ -17,7 +17,7 @@ from realmix.errors import RealmixError
 from realmix.images import load_rgb
 from realmix.inference import load_model, predict_outputs, predict_proba
 from realmix.models import build_model
-from realmix.openset import knn_distance
+from realmix.openset import knn_distance, mahalanobis_distance
 from realmix.predict import PredictResult, predict_folder
 from realmix.train import Trainer
 from tests.conftest import make_store, tree_hash, write_image
@@ -102,7 +102,7 @@ def test_outputs_match_predict_proba(tmp_path, model_path):
     probs = np.load(res.npy)
     assert probs.dtype == np.float32 and probs.shape == (12, 3)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
-    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true,msp,energy,knn,out_of_class"
+    assert res.csv.read_text().splitlines()[0] == "path,predicted,confidence,true,msp,energy,knn,maha,out_of_class"
     rows = read_csv(res.csv)
     # sorted by relative path, forward slashes, hidden files left out, the comma/quote name round-trips
     assert [r["path"] for r in rows] == sorted(EXPECTED, key=lambda p: Path(p).parts)
@@ -212,7 +212,12 @@ def test_skip_across_chunks_matches_one_chunk(tmp_path, model_path, monkeypatch)
     monkeypatch.setattr(predict_mod, "CHUNK", 5)  # the corrupt file falls inside the first chunk
     chunked = predict_folder(model_path, images, tmp_path / "chunked", on_error="skip", batch=2, progress=False)
     np.testing.assert_allclose(np.load(chunked.npy), np.load(whole.npy), atol=1e-6)
-    assert chunked.csv.read_text() == whole.csv.read_text() and chunked.skipped == whole.skipped
+    assert chunked.skipped == whole.skipped
+    a, b = read_csv(chunked.csv), read_csv(whole.csv)  # the same rows; batches of another size move the last digits
+    assert [r["path"] for r in a] == [r["path"] for r in b] and a[0].keys() == b[0].keys()
+    for key in ("confidence", "msp", "energy", "knn", "maha"):
+        np.testing.assert_allclose([float(r[key]) for r in a], [float(r[key]) for r in b], rtol=1e-5, atol=1e-5)
+    assert [(r["predicted"], r["out_of_class"]) for r in a] == [(r["predicted"], r["out_of_class"]) for r in b]
 
 
 def test_everything_skipped_is_an_error(tmp_path, model_path):
@@ -305,9 +310,9 @@ def test_rerun_replaces_outputs(tmp_path, model_path):
     assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.npy"]  # stale list removed
 
 
-def test_knn_score_reads_the_labelled_features_in_model_pt(tmp_path, model_path):
-    """predict's knn column is the distance to the nearest of model.pt's labelled-image features; a model.pt
-    without them (an earlier version's) has no knn column and refuses --score knn in one line."""
+def test_distance_scores_read_the_labelled_features_in_model_pt(tmp_path, model_path):
+    """predict's knn and maha columns are the distances to model.pt's labelled-image features (and classes); a
+    model.pt without them (an earlier version's) has no such column and refuses --score knn / maha in one line."""
     images = make_images(tmp_path / "images")
     res = predict_folder(model_path, images, tmp_path / "out", progress=False)
     rows = read_csv(res.csv)
@@ -316,6 +321,14 @@ def test_knn_score_reads_the_labelled_features_in_model_pt(tmp_path, model_path)
                               autocast_dtype=record.autocast_dtype, features=True)
     np.testing.assert_allclose([float(r["knn"]) for r in rows],
                                knn_distance(by_hand.features, record.label_features.numpy()), atol=1e-4)
+    np.testing.assert_allclose([float(r["maha"]) for r in rows], mahalanobis_distance(
+        by_hand.features, record.label_features.numpy(), record.label_classes.numpy()), rtol=1e-3, atol=1e-3)
+    no_classes = tmp_path / "no_classes.pt"
+    dataclasses.replace(record, label_classes=None).save(no_classes)
+    header = read_csv(predict_folder(no_classes, images, tmp_path / "nc", progress=False).csv)[0]
+    assert "knn" in header and "maha" not in header
+    with pytest.raises(RealmixError, match=r"no_classes.pt: --score maha needs the labelled images' features and"):
+        predict_folder(no_classes, images, tmp_path / "nc2", progress=False, score="maha")
     older = tmp_path / "older.pt"
     dataclasses.replace(record, label_features=None).save(older)
     assert "knn" not in read_csv(predict_folder(older, images, tmp_path / "old", progress=False).csv)[0]

@@ -82,8 +82,8 @@ def test_report_on_a_crafted_mismatch_split(source, tmp_path, heads):  # noqa: F
 
     rows = list(csv.DictReader(io.StringIO((out / "unlabelled.csv").read_text())))
     assert [r["file"] for r in rows] == sorted(pool.names) and len(rows) == 32
-    assert set(rows[0]) == {"file", "predicted", "confidence", "msp", "energy", "knn", "out_of_class", "true"} | (
-        {"open"} if heads else set())
+    assert set(rows[0]) == {"file", "predicted", "confidence", "msp", "energy", "knn", "maha", "out_of_class",
+                            "true"} | ({"open"} if heads else set())
     by_file = {r["file"]: r for r in rows}
     for i, name in enumerate(pool.names):
         r = by_file[name]

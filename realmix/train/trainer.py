@@ -30,7 +30,7 @@ from ..ema import EMA
 from ..errors import RealmixError
 from ..hardware import describe_device
 from ..models import build_model
-from ..openset import label_features
+from ..openset import label_reference
 from ..params import Params
 from ..store import Store
 from .feed import TrainingFeed
@@ -176,7 +176,8 @@ class Trainer:
         rt = self.runtime
         history = self.monitor.history
         evaluated, rule, _ = self.monitor.eval_model(self.ema.model)
-        bank = label_features(evaluated, self.store.subset("label").images, batch=self.params.train.eval_batch,
+        label = self.store.subset("label")
+        bank = label_reference(evaluated, label.images, label.labels, batch=self.params.train.eval_batch,
                               autocast_dtype=rt.autocast_dtype)
         return ckpt.ModelRecord(
             algorithm=self.algorithm_name, data=self.store.name, arch=self.arch,
@@ -186,7 +187,8 @@ class Trainer:
             hardware=describe_device(rt.device), threads=torch.get_num_threads(),
             fast_path=dataclasses.asdict(rt.fast), world_size=rt.dist.world_size, fingerprint=self.run.fingerprint,
             model=evaluated.state_dict(), ema_bn=rule, raw_model=self.model.state_dict(),
-            history=history, label_features=torch.from_numpy(bank))
+            history=history, label_features=torch.from_numpy(bank.features),
+            label_classes=torch.from_numpy(bank.labels))
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, out_dir: Path) -> dict[str, float]:
