@@ -164,8 +164,8 @@ class ScoredPool:
 def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None,
                bank: Reference | None = None) -> ScoredPool:
     """Score a split's unlabelled pool with `model` (open head and distance scores included). The distance scores'
-    reference `bank` is the one a run's model.pt records (`Reference.of_record`); without it, it is computed from
-    the split's labelled images. A pre-augmented pool is scored on its unaugmented originals where it kept them,
+    reference `bank` is the one a run's model.pt records (`Reference.of_record`); without it (or without its classes:
+    an older model.pt), it is computed from the split's labelled images. A pre-augmented pool is scored on its unaugmented originals where it kept them,
     so each image counts once."""
     pool = store.subset("unlabel")
     positions = original_positions(store)
@@ -183,7 +183,7 @@ def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: An
     ood = ood_flags(store, "unlabel")
     outputs = predict_outputs(model, images, batch=batch, autocast_dtype=autocast_dtype, open_head=True,
                               features=True)
-    if bank is None:
+    if bank is None or bank.labels is None:
         label = store.subset("label")
         bank = label_reference(model, label.images, label.labels, batch=batch, autocast_dtype=autocast_dtype)
     return ScoredPool(images, names, pool.labels[positions], None if ood is None else ood[positions], outputs,
