@@ -7,7 +7,7 @@ project, paired by run: which score finds the out-of-class unlabelled images bes
 Reads every runs/<algorithm>/<mismatch split>/model.pt at the given levels (AUROC is undefined at 0 and 100 %),
 scores its split's unlabelled pool as `evaluate` does (the run's precision, originals of a pre-augmented pool) and
 prints, per algorithm and level, the mean +- sample std over seeds of each score's AUROC (realmix.openset.SCORES)
-and of energy - msp.
+and of the paired differences maha - msp and maha - knn (with how many runs had maha higher).
 """
 
 from __future__ import annotations
@@ -51,14 +51,15 @@ def main(argv: list[str] | None = None) -> None:
         results.setdefault(key, []).append({k: auroc(s, pool.ood) for k, s in pool.scores().items()})
     if not results:
         raise SystemExit(f"{args.root}: no trained mismatch runs at levels {args.levels}")
+    pairs = [("maha", "msp"), ("maha", "knn")]  # paired by run: report.score auto (maha) against the others
     print(f"{'algorithm':16s} level runs  " + "".join(f"{'AUROC ' + s:18s}" for s in SCORES)
-          + "energy - msp (energy higher)")
+          + "".join(f"{f'{a} - {b} (higher)':28s}" for a, b in pairs))
     for (algorithm, level), rows in sorted(results.items()):
         cells = [[r[s] for r in rows if s in r] for s in SCORES]
-        diff = [r["energy"] - r["msp"] for r in rows]
+        diffs = [[r[a] - r[b] for r in rows if a in r and b in r] for a, b in pairs]
         print(f"{algorithm:16s} {level:5d} {len(rows):4d}  "
               + "".join(f"{mean_std(c) if c else 'n/a':18s}" for c in cells)
-              + f"{mean_std(diff)} ({sum(d > 0 for d in diff)}/{len(diff)})")
+              + "".join(f"{f'{mean_std(d)} ({sum(x > 0 for x in d)}/{len(d)})' if d else 'n/a':28s}" for d in diffs))
 
 
 if __name__ == "__main__":

@@ -163,10 +163,10 @@ class ScoredPool:
 
 def score_pool(model: Any, store: Store, *, batch: int = 256, autocast_dtype: Any = None,
                bank: Reference | None = None) -> ScoredPool:
-    """Score a split's unlabelled pool with `model` (open head and distance scores included). The distance scores'
-    reference `bank` is the one a run's model.pt records (`Reference.of_record`); without it (or without its classes:
-    an older model.pt), it is computed from the split's labelled images. A pre-augmented pool is scored on its unaugmented originals where it kept them,
-    so each image counts once."""
+    """Score a split's unlabelled pool with `model` (open head and distance scores included). The distance
+    scores' reference `bank` is the one a run's model.pt records (`Reference.of_record`); without it (or without
+    its classes: an older model.pt), it is computed from the split's labelled images. A pre-augmented pool is
+    scored on its unaugmented originals where it kept them, so each image counts once."""
     pool = store.subset("unlabel")
     positions = original_positions(store)
     names = store.row_names("unlabel")

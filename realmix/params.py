@@ -293,7 +293,7 @@ SCALARS: dict[str, tuple[Any, Any]] = {
 class ReportParams:
     """`report`: the out-of-class report of a run's unlabelled images (written by `evaluate`)."""
 
-    score: Literal[("auto", *SCORES)] = "auto"  # the score that sets the out_of_class flag
+    score: Literal[("auto", *SCORES)] = "auto"  # the score that sets the out_of_class flag (auto: report.AUTO_SCORE)
     keep: float = 0.95  # the cut keeps this share of the validation images (known in-class) below it
     grid: int = 64  # images in the out-of-class and test-mistake grids
     per_class: int = 8  # most confident unlabelled images shown per predicted class

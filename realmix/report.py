@@ -5,7 +5,7 @@ Every unlabelled image is scored with each out-of-class score the run's model of
 = the Mahalanobis distance to the nearest labelled class, `open` = IOMatch's open head; higher = more likely out-of-
 class). The cut of each score is chosen on the validation images, which are all of known, labelled classes: the
 value below which `keep` (e.g. 95 %) of them fall. An unlabelled image above the cut of the chosen score
-(`report.score`; `auto` = the method's own) is flagged out-of-class. Written into the run's eval/ folder:
+(`report.score`; `auto` = AUTO_SCORE, see choose_score) is flagged out-of-class. Written into the run's eval/ folder:
 
     unlabelled.csv            file, predicted, confidence, one column per score, out_of_class (1/0), true class
     grids/out_of_class.png    the `grid` unlabelled images most likely out-of-class, most likely first
@@ -33,10 +33,14 @@ from .params import ReportParams
 MIN_SIDE = 64  # grid cells are scaled up (nearest neighbour) to at least this many pixels, so small images show
 
 
-def choose_score(requested: str, model: Any) -> str:
-    """The score that sets the out_of_class flag: `auto` is the method's own (openset.own_score)."""
+AUTO_SCORE = "maha"  # report.score auto: the score that ranked out-of-class images best in the studies (README)
+
+
+def choose_score(requested: str, model: Any, offered: Any = (AUTO_SCORE,)) -> str:
+    """The score that sets the out_of_class flag: `auto` is AUTO_SCORE where the scores `offered` include it, else
+    the method's own (openset.own_score)."""
     if requested == "auto":
-        return own_score(model)
+        return AUTO_SCORE if AUTO_SCORE in offered else own_score(model)
     if requested == "open" and own_score(model) != "open":
         raise RealmixError("params: report.score=open but this run's network has no open-set head (only iomatch "
                            f"has one); use auto, {' or '.join(s for s in SCORES if s != 'open')}")
@@ -89,9 +93,10 @@ def write_report(model: Any, pool: ScoredPool, valid: Outputs | None, test_image
                  test_probs: np.ndarray, test_names: list[str], class_names: list[str], out_dir: Path,
                  params: ReportParams) -> dict[str, Any]:
     """Write unlabelled.csv and grids/*.png into `out_dir`; return the report's summary for evaluation.json."""
-    score = choose_score(params.score, model)
     scores = pool.scores()
-    cut = cuts(outlier_scores(valid, pool.bank) if valid is not None else {}, params.keep)
+    valid_scores = outlier_scores(valid, pool.bank) if valid is not None else {}
+    score = choose_score(params.score, model, [s for s in scores if not valid_scores or s in valid_scores])
+    cut = cuts(valid_scores, params.keep)
     flags = None if cut is None else scores[score] > cut[score]
     (out_dir / "unlabelled.csv").write_text(unlabelled_csv(pool, scores, flags, class_names))
 

@@ -19,7 +19,7 @@ from realmix.mismatch import filter_split
 from realmix.openset import pool_metrics, score_pool
 from realmix.params import ReportParams
 from realmix.preaugment import preaugment
-from realmix.report import MIN_SIDE, cuts, write_report
+from realmix.report import AUTO_SCORE, MIN_SIDE, choose_score, cuts, write_report
 from realmix.splits import create_split
 from realmix.store import Store, StoreWriter
 from realmix.train import Trainer
@@ -120,6 +120,15 @@ def test_mistakes_grid_holds_the_most_confident_wrong_test_images(source, tmp_pa
     assert all(r["out_of_class"] == "" for r in csv.DictReader(io.StringIO((out / "unlabelled.csv").read_text())))
 
 
+def test_auto_is_the_best_measured_score_where_the_model_offers_it():
+    """auto = maha (the studies' best, README); a model whose outputs lack it (no reference) falls back to the
+    method's own score: IOMatch's open head, else msp."""
+    assert choose_score("auto", Crafted(False), ["msp", "energy", "knn", "maha"]) == "maha"
+    assert choose_score("auto", Crafted(False), ["msp", "energy"]) == "msp"
+    assert choose_score("auto", Crafted(True), ["msp", "energy", "open"]) == "open"
+    assert choose_score("energy", Crafted(False), ["msp", "energy"]) == "energy"
+
+
 def test_open_score_needs_an_open_head(source, tmp_path):  # noqa: F811
     store = crafted_split(source, tmp_path)
     model = Crafted(False)
@@ -163,6 +172,7 @@ def test_evaluate_writes_the_report(source, tmp_path):  # noqa: F811
     evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
     ev = evaluation["out_of_class"]
     assert ev["keep"] == 0.5 and ev["validation_images"] == m.subset("valid").count
+    assert ev["score"] == AUTO_SCORE == "maha" and set(ev["cuts"]) == {"msp", "energy", "knn", "maha"}
     assert evaluation["open_set"]["auroc_energy"] == got["auroc_energy"]
     assert (ev["flagged_ood"], ev["flagged_in"]) == (got["flagged_ood"], got["flagged_in"])
     assert len((run / "eval" / "unlabelled.csv").read_text().splitlines()) == 1 + m.subset("unlabel").count
