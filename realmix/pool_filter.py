@@ -61,6 +61,10 @@ def filter_pool(split: Store, teacher: str | os.PathLike, out: str | os.PathLike
     cut = cuts(outlier_scores(valid, pool.bank), keep)[score]
     scores = pool.scores()[score]
     kept = np.flatnonzero(scores <= cut)
+    if len(kept) == 0:
+        raise RealmixError(f"{split.path}: the teacher {record.algorithm} scores all {len(scores)} unlabelled images "
+                           f"above the cut ({score} {cut:.4g}), so the filtered pool would be empty and an SSL run "
+                           "on it would have nothing to learn from; raise filter.keep or drop the filtered runs")
     dropped = np.flatnonzero(scores > cut)
     dropped = dropped[np.argsort(-scores[dropped], kind="stable")]  # most out-of-class first
     info: dict[str, Any] = {

@@ -107,6 +107,16 @@ def test_the_filter_refuses_what_it_cannot_filter(source, tmp_path, teacher):
     novalid = Store.open(tmp_path / "novalid")
     with pytest.raises(RealmixError, match="no validation images to place the filter's cut on; set split.nvalid"):
         filter_pool(novalid, teacher(novalid), tmp_path / "f", name="f", score="msp", keep=0.9, device="cpu")
+    split = crafted_split(m, tmp_path / "crafted")
+    with StoreWriter(tmp_path / "all_out", split.class_names, meta=split.meta) as w:  # every pool image dark
+        for name in split.subsets:
+            images = np.asarray(split.subset(name).images[:]).copy()
+            if name == "unlabel":
+                images[:] = 10
+            w.add(name, images, split.subset(name).labels)
+    all_out = Store.open(tmp_path / "all_out")
+    with pytest.raises(RealmixError, match="the filtered pool would be empty .* raise filter.keep"):
+        filter_pool(all_out, teacher(all_out), tmp_path / "f", name="f", score="msp", keep=0.9, device="cpu")
     assert not (tmp_path / "f").exists()
 
 
