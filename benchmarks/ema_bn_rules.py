@@ -76,13 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         m = LEVEL.search(split)
         level = f"{m[1]}%" if m else split.split(".")[0]
         store = Store.open(args.root / "data" / "splits" / split)
-        results.setdefault((algorithm, level), []).append(rules_of(path, store, args.batch))
+        name = algorithm + (" (filtered)" if "_filtered_" in split else "") + (" (aug)" if "_aug" in split else "")
+        results.setdefault((name, level), []).append(rules_of(path, store, args.batch))
     if not results:
         raise SystemExit(f"{args.root}: no finished runs match {args.runs}/model.pt")
-    print(f"{'algorithm':12s} {'level':>10s} runs  " + "".join(f"{'test ' + r:17s}" for r in RULES)
+    print(f"{'algorithm':22s} {'level':>10s} runs  " + "".join(f"{'test ' + r:17s}" for r in RULES)
           + "".join(f"{'valid ' + r:17s}" for r in RULES) + "chose recompute")
     for (algorithm, level), rows in sorted(results.items()):
-        print(f"{algorithm:12s} {level:>10s} {len(rows):4d}  "
+        print(f"{algorithm:22s} {level:>10s} {len(rows):4d}  "
               + "".join(f"{mean_std([r[f'test/{k}'] for r in rows]):17s}" for k in RULES)
               + "".join(f"{mean_std([r[f'valid/{k}'] for r in rows]):17s}" for k in RULES)
               + f"{int(sum(r['chose_recompute'] for r in rows))}/{len(rows)}")
