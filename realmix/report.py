@@ -1,11 +1,12 @@
 """The out-of-class report of a run's unlabelled images: which of them look like none of the labelled classes.
 
-Every unlabelled image is scored with each out-of-class score the run's model offers (realmix/openset.py: `msp` = 1
-- max softmax, `energy` = -logsumexp(logits), `knn` = the distance to the nearest labelled image's features, `maha`
-= the Mahalanobis distance to the nearest labelled class, `open` = IOMatch's open head; higher = more likely out-of-
-class). The cut of each score is chosen on the validation images, which are all of known, labelled classes: the
-value below which `keep` (e.g. 95 %) of them fall. An unlabelled image above the cut of the chosen score
-(`report.score`; `auto` = AUTO_SCORE, see choose_score) is flagged out-of-class. Written into the run's eval/ folder:
+Every unlabelled image is scored with each out-of-class score the run's model offers (realmix/openset.py:
+`msp` = 1 - max softmax, `energy` = -logsumexp(logits), `knn` = the distance to the nearest labelled image's
+features, `maha` = the Mahalanobis distance to the nearest labelled class, `open` = IOMatch's open head; higher =
+more likely out-of-class). The cut of each score is chosen on the validation images, which are all of known,
+labelled classes: the value below which `keep` (e.g. 95 %) of them fall. An unlabelled image above the cut of the
+chosen score (`report.score`; `auto` = AUTO_SCORE, see choose_score) is flagged out-of-class.
+Written into the run's eval/ folder:
 
     unlabelled.csv            file, predicted, confidence, one column per score, out_of_class (1/0), true class
     grids/out_of_class.png    the `grid` unlabelled images most likely out-of-class, most likely first
