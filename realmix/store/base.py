@@ -241,5 +241,22 @@ class Store:
                         raise RealmixError(f"{self.path / s[key]}: content does not match the manifest hash")
 
 
+def open_source(path: Path, manifest: dict[str, Any], *, changed: str, rerun: str) -> Store:
+    """The source split a derived store (a virtual pool, a filtered split) reads in place: its manifest's
+    `source` path (relative to `path`), refused in one line when unreadable or when its content hash differs.
+    `changed` completes "changed since ..." and `rerun` names the stage that rewrites the derived store."""
+    info = manifest.get("source") or {}
+    src_path = Path(os.path.normpath(path / info.get("path", "?")))
+    try:
+        source = Store.open(src_path)
+    except RealmixError as e:
+        raise RealmixError(f"{path}: its source split {src_path} is not readable ({e}); run the stage that "
+                           f"writes it (e.g. dvc repro), or rerun {rerun}") from e
+    if source.digest() != info.get("sha256"):
+        raise RealmixError(f"{path}: its source split {src_path} changed since {changed}; rerun {rerun} "
+                           "(dvc repro does)")
+    return source
+
+
 # manifest format -> opener of its directory; every format module adds its own (realmix/store/virtual.py)
 OPENERS: dict[str, Callable[[Path, dict[str, Any]], Store]] = {FORMAT: Store}

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import atomic
 from ..errors import RealmixError
-from .base import CLASS_MAPPING, MANIFEST, OPENERS, UNKNOWN_NAME, Store, Subset, sha256_array, write_json
+from .base import CLASS_MAPPING, MANIFEST, OPENERS, UNKNOWN_NAME, Store, Subset, open_source, sha256_array, write_json
 from .virtual import POOL
 
 FILTERED_FORMAT = "realmix-filtered-split/1"
@@ -88,16 +88,7 @@ class FilteredStore(Store):
     @classmethod
     def from_manifest(cls, path: Path, manifest: dict[str, Any]) -> FilteredStore:
         store = cls(path, manifest)
-        info = manifest.get("source") or {}
-        src_path = Path(os.path.normpath(path / info.get("path", "?")))
-        try:
-            store.source = Store.open(src_path)
-        except RealmixError as e:
-            raise RealmixError(f"{path}: its source split {src_path} is not readable ({e}); run the stage that "
-                               "writes it (e.g. dvc repro), or rerun filter") from e
-        if store.source.digest() != info.get("sha256"):
-            raise RealmixError(f"{path}: its source split {src_path} changed since it was filtered; rerun filter "
-                               "(dvc repro does)")
+        store.source = open_source(path, manifest, changed="it was filtered", rerun="filter")
         try:
             store.kept = np.load(path / KEPT, allow_pickle=False)
         except (OSError, ValueError) as e:

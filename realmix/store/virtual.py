@@ -19,7 +19,6 @@ module registers the virtual format in `OPENERS`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,7 @@ from torch import Tensor
 
 from ..augment import augment_batch
 from ..draws import HashDraws, derive_key
-from ..errors import RealmixError
-from .base import OPENERS, Store, Subset
+from .base import OPENERS, Store, Subset, open_source
 
 VIRTUAL_FORMAT = "realmix-virtual-pool/1"
 STORAGES = ("materialized", "virtual")  # how a pre-augmented pool is stored: its images, or its recipe
@@ -159,16 +157,7 @@ class VirtualStore(Store):
     @classmethod
     def from_manifest(cls, path: Path, manifest: dict[str, Any]) -> VirtualStore:
         store = cls(path, manifest)
-        info = manifest.get("source") or {}
-        src_path = Path(os.path.normpath(path / info.get("path", "?")))
-        try:
-            store.source = Store.open(src_path)
-        except RealmixError as e:
-            raise RealmixError(f"{path}: its source split {src_path} is not readable ({e}); run the stage that "
-                               "writes it (e.g. dvc repro), or rerun preaugment") from e
-        if store.source.digest() != info.get("sha256"):
-            raise RealmixError(f"{path}: its source split {src_path} changed since this virtual pool was written; "
-                               "rerun preaugment (dvc repro does)")
+        store.source = open_source(path, manifest, changed="this virtual pool was written", rerun="preaugment")
         return store
 
     def subset(self, name: str) -> Subset:
