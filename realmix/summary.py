@@ -86,7 +86,33 @@ def aggregate(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]]) -> 
         for key in ("valid_last20", *OPEN_SET):  # validation: what params are chosen on (never the test images)
             found = [medians[r][key] for r in members if medians[r].get(key) is not None]
             rows[-1][key], rows[-1][f"{key}_std"] = _mean_std(found)
+    _paired_gains(runs, medians, rows)
     return rows
+
+
+# the mismatch studies' reference: every level of a mismatch split has the same labelled images, so the supervised
+# run of that level and seed is the model each SSL run must beat
+BASELINE = "supervised"
+
+
+def _paired_gains(runs: Sequence[RunRef], medians: dict[RunRef, dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Add `gain` (mean and sample std over seeds of last20 minus the baseline's last20 on the same mismatch level
+    and seed), `gain_above` (seeds above the baseline) and `gain_seeds` (seeds paired) to each mismatch row that
+    has baseline runs; the seed-to-seed spread of the labelled sets cancels in the pairing."""
+    base = {(r.mismatch, r.seed): medians[r].get("last20") for r in runs
+            if r.algorithm == BASELINE and r.mismatch is not None and r.copies is None and r.filtered is None}
+    for row in rows:
+        if row["mismatch"] is None or (row["algorithm"] == BASELINE and not row["copies"] and not row["filtered"]):
+            continue
+        diffs = []
+        for r in runs:
+            if (r.algorithm, r.setting) == (row["algorithm"], row["setting"]):
+                own, ref = medians[r].get("last20"), base.get((r.mismatch, r.seed))
+                if own is not None and ref is not None:
+                    diffs.append(own - ref)
+        if diffs:
+            row["gain"], row["gain_std"] = _mean_std(diffs)
+            row["gain_above"], row["gain_seeds"] = sum(d > 0 for d in diffs), len(diffs)
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
@@ -109,6 +135,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gain_cell(row: dict[str, Any]) -> str:
+    """A paired difference: signed mean ± std, and on how many seeds the run beat the baseline."""
+    std = "" if row["gain_std"] is None else f" ± {row['gain_std']:.2f}"
+    return f"{row['gain']:+.2f}{std} ({row['gain_above']}/{row['gain_seeds']} seeds above)"
+
+
 def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: float = 1.0) -> str:
     """`key` (default: accuracy) vs class-mismatch level: one row per algorithm (and pre-augmentation), one
     column per level, values x `scale`; empty when no mismatch runs are planned or, for an open-set figure, none
@@ -121,8 +153,13 @@ def mismatch_table(rows: Sequence[dict[str, Any]], key: str = "last20", scale: f
     for r in rows:
         name = run_label(r)
         value, std = r.get(key), r.get(f"{key}_std")
-        cells.setdefault(name, {})[r["mismatch"]] = (
-            "n/a" if value is None else _fmt(value * scale, None if std is None else std * scale))
+        if value is None:
+            cell = "n/a"
+        elif key == "gain":
+            cell = _gain_cell(r)
+        else:
+            cell = _fmt(value * scale, None if std is None else std * scale)
+        cells.setdefault(name, {})[r["mismatch"]] = cell
     lines = ["| algorithm | " + " | ".join(f"{level} % mismatch" for level in levels) + " |",
              "|---|" + "---|" * len(levels)]
     lines += [f"| {name} | " + " | ".join(c.get(level, "") for level in levels) + " |" for name, c in cells.items()]
@@ -136,6 +173,10 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
     if pivot:
         text += ("\nTest accuracy % (median of the last 20 evaluations, mean ± std over seeds) against the share of "
                  "unlabelled classes that are not labelled classes:\n\n" + pivot)
+    pivot = mismatch_table([r for r in rows if "gain" in r], "gain")
+    if pivot:
+        text += (f"\nPaired with {BASELINE} by seed (same level, same labelled images): accuracy minus {BASELINE}'s, "
+                 "mean ± std of the per-seed differences, and on how many seeds the method was above:\n\n" + pivot)
     for key, what in OPEN_SET.items():
         auroc_like = key.startswith("auroc")
         pivot = mismatch_table(rows, key, 1.0 if auroc_like else 100.0)
@@ -167,6 +208,7 @@ def write_summary(runs: Sequence[RunRef], metrics_dir: str | os.PathLike, out_di
             # "error_rate", never "error": DVC reads a metric named "error" as a failure to load (see evaluate.py)
             keys = ["last20", "last20_std", "error_rate", "error_rate_std", "runs", "precision"]
             keys += [k for key in ("valid_last20", *OPEN_SET) for k in (key, f"{key}_std") if row.get(key) is not None]
+            keys += [k for k in ("gain", "gain_std", "gain_above", "gain_seeds") if row.get(k) is not None]
             path = tmp / row["algorithm"] / f"{row['setting']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({k: row[k] for k in keys}, indent=4) + "\n")

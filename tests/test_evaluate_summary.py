@@ -16,7 +16,7 @@ from realmix.errors import RealmixError
 from realmix.evaluate import accuracy_history, evaluate_run, median_accuracies
 from realmix.hardware import describe_device, pick_precision, precision_name
 from realmix.params import parse
-from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, write_summary
+from realmix.summary import RunRef, aggregate, markdown_table, mismatch_table, report, write_summary
 from realmix.train import Trainer
 from tests.conftest import init_repo, make_store, run
 from tests.helpers import tiny_params
@@ -177,6 +177,32 @@ def test_mismatch_table_pivots_levels_per_algorithm():
         "| supervised | 70.00 ± 1.00 | 70.00 ± 1.00 |", "| realmix (aug10) | 90.00 ± 1.00 | 85.00 ± 1.00 |",
         "| mixmatch |  | 60.00 ± 1.00 |"]
     assert mismatch_table(rows[-1:]) == ""
+
+
+def test_gains_are_paired_with_supervised_by_level_and_seed():
+    """Seed 1's labelled set is easy, seed 2's hard: the unpaired spread is large, the paired gain is not."""
+    runs = (refs("supervised", "d6_mismatch50@30-100", [1, 2], mismatch=50)
+            + refs("mixmatch", "d6_mismatch50@30-100", [1, 2], mismatch=50)
+            + refs("mixmatch", "d6_mismatch50_filtered_supervised@30-100", [1, 2], mismatch=50, filtered="supervised")
+            + refs("supervised", "d6_mismatch100@30-100", [1], mismatch=100)
+            + refs("mixmatch", "d6_mismatch100@30-100", [1, 2], mismatch=100)
+            + refs("mixmatch", "d@30-100", [1, 2]))  # a plain split: no baseline to pair with
+    last20 = [90.0, 60.0, 93.0, 62.0, 89.0, 61.0, 90.0, 88.0, 0.0, 95.0, 70.0]
+    medians = {r: {"last20": v, "evaluations": 32} for r, v in zip(runs, last20, strict=True)}
+    rows = {(r["algorithm"], r["setting"]): r for r in aggregate(runs, medians)}
+    mm = rows["mixmatch", "d6_mismatch50@30-100"]
+    assert (mm["gain"], mm["gain_std"], mm["gain_above"], mm["gain_seeds"]) == (2.5, pytest.approx(0.7071, abs=1e-4),
+                                                                               2, 2)
+    assert mm["last20_std"] > 20  # what the pairing removes
+    filtered = rows["mixmatch", "d6_mismatch50_filtered_supervised@30-100"]
+    assert (filtered["gain"], filtered["gain_above"]) == (0.0, 1)  # -1 and +1: one seed above
+    at100 = rows["mixmatch", "d6_mismatch100@30-100"]
+    assert (at100["gain"], at100["gain_std"], at100["gain_seeds"]) == (-2.0, None, 1)  # seed 2 has no baseline
+    assert "gain" not in rows["supervised", "d6_mismatch50@30-100"] and "gain" not in rows["mixmatch", "d@30-100"]
+    text = report(list(rows.values()))
+    assert ("| algorithm | 50 % mismatch | 100 % mismatch |\n|---|---|---|\n"
+            "| mixmatch | +2.50 ± 0.71 (2/2 seeds above) | -2.00 (0/1 seeds above) |\n"
+            "| mixmatch filtered by supervised | +0.00 ± 1.41 (1/2 seeds above) |  |") in text
 
 
 def test_planned_runs_follow_the_train_matrices():
