@@ -133,7 +133,20 @@ def check_walkthrough(proj: Path, folder: Path, outputs: dict[str, str]) -> None
         listed = next(line for line in outputs["realmix runs"].splitlines() if f"{algorithm}/{data}" in line)
         assert f"{evaluation['accuracy']:.2f}" in listed.split()[5], listed
         assert listed.split()[1] == evaluation["precision"] == medians["precision"], listed  # what computed it
-    for setting in ("| supervised | mydata@all-20 |", "| mixmatch | mydata@all-20 |", "| realmix | mydata_aug"):
+    # the preset's filtered MixMatch run: trained on the images the supervised run calls in-class, and its report
+    # says which were dropped
+    filtered = proj / "data" / "splits" / "mydata_filtered_supervised.1@all-20"
+    with open(filtered / "dropped.csv", newline="") as f:
+        dropped = [r["file"] for r in csv.DictReader(f)]
+    ev = proj / "runs" / "mixmatch" / filtered.name / "eval"
+    with open(ev / "unlabelled.csv", newline="") as f:
+        kept = [r["file"] for r in csv.DictReader(f)]
+    assert kept and sorted(kept + dropped) == unlabelled  # every pool file is either trained on or dropped
+    assert json.loads((ev / "evaluation.json").read_text())["filter"]["dropped"] == len(dropped)
+    with Image.open(ev / "grids" / "dropped.png") as im:
+        assert im.format == "PNG"
+    for setting in ("| supervised | mydata@all-20 |", "| mixmatch | mydata@all-20 |", "| realmix | mydata_aug",
+                    "| mixmatch | mydata_filtered_supervised@all-20 |"):
         assert setting in outputs["realmix results"]
     head = outputs["head -5 runs/mixmatch/mydata.1@all-20/eval/unlabelled.csv"].splitlines()
     assert head[0] == "file,predicted,confidence,msp,energy,knn,maha,out_of_class,true" and len(head) == 5
