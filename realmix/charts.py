@@ -58,7 +58,10 @@ def training_curves(history: Sequence[dict[str, float]], path: str | os.PathLike
 # (row key, scale, y label, title)
 MISMATCH_PANELS = (
     ("last20", 1.0, "test accuracy (%), median of last 20", "accuracy vs class mismatch (mean ± std over seeds)"),
-    ("auroc", 1.0, "AUROC (out-of-class unlabelled)", "the method's out-of-class score on its unlabelled pool"),
+    ("gain", 1.0, "accuracy minus supervised (points)",
+     "paired with supervised by seed (mean ± std of the differences)"),
+    ("auroc_maha", 1.0, "AUROC (out-of-class unlabelled)", "the Mahalanobis score (maha) on the unlabelled pool"),
+    ("auroc", 1.0, "AUROC (out-of-class unlabelled)", "the method's own out-of-class score on its unlabelled pool"),
     ("ood_admitted", 100.0, "out-of-class images admitted (%)",
      "share of out-of-class unlabelled images in the unlabelled loss"),
 )
@@ -72,8 +75,9 @@ def run_label(row: dict[str, Any]) -> str:
 
 def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Median-of-last-20 test accuracy, mean +- std over seeds: bars per setting and algorithm; plus, when the
-    runs include class-mismatch datasets, accuracy against the mismatch level per algorithm, and the open-set
-    figures (AUROC, admitted out-of-class share) against the level where the runs have them."""
+    runs include class-mismatch datasets, against the mismatch level per algorithm: the accuracy, the gain paired
+    with supervised, the AUROC of maha and of the method's own score, and the admitted out-of-class share, each
+    where the runs have it."""
     mismatch = [r for r in rows if r.get("mismatch") is not None and r["last20"] is not None]
     plain = [r for r in rows if r.get("mismatch") is None]
     panels_m = [p for p in MISMATCH_PANELS if any(r.get(p[0]) is not None for r in mismatch)]
@@ -110,8 +114,10 @@ def summary_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{algorithms.index(first['algorithm'])}",
                         linestyle="--" if first["copies"] else "-", label=label,
                         markerfacecolor="white" if first.get("filtered") else None)
-        if key == "auroc":
+        if key.startswith("auroc"):
             ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")  # chance
+        if key == "gain":
+            ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")  # level with supervised
         ax.set_xlabel("class mismatch of the unlabelled data (%)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
